@@ -1,0 +1,618 @@
+//! Configuration: one value, built in layers, validated once.
+//!
+//! The layers, later ones winning:
+//!
+//! 1. built-in defaults ([`Config::default`]): everything on one machine, the
+//!    embedded broker, the built-in simulator, `./data`;
+//! 2. the TOML file, if one is given (`marktwin --config marktwin.toml`);
+//! 3. environment variables `MARKTWIN__SECTION__KEY`, e.g.
+//!    `MARKTWIN__KAFKA__BROKERS=kafka-1:9092` or
+//!    `MARKTWIN__TOPICS__POS__PARTITIONS=12`;
+//! 4. [`Config::validate`], which names the offending field and the values it
+//!    allows.
+//!
+//! Config is passed as a value to whatever needs it; there is no global.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::events::Unit;
+use crate::topics::{Encoding, TopicSpec, topics};
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "MARKTWIN__";
+
+/// The whole configuration of a marktwin process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where local state lives: the embedded broker's database, edge cursors,
+    /// generated secrets, checkpoints.
+    pub data_dir: PathBuf,
+    /// Broker connection.
+    pub kafka: KafkaConfig,
+    /// Per-topic overrides, keyed by topic id (`pos`, `dead_letter`, ...).
+    pub topics: BTreeMap<String, TopicOverride>,
+    /// Conversion factors between units of sale.
+    pub units: UnitsConfig,
+    /// Pseudonymisation of consumer identifiers at the edge.
+    pub pseudonymisation: PseudonymConfig,
+    /// The built-in source simulators.
+    pub simulator: SimulatorConfig,
+    /// Edge connectors.
+    pub edge: EdgeConfig,
+    /// Stream worker.
+    pub worker: WorkerConfig,
+    /// Board and API.
+    pub board: BoardConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            kafka: KafkaConfig::default(),
+            topics: BTreeMap::new(),
+            units: UnitsConfig::default(),
+            pseudonymisation: PseudonymConfig::default(),
+            simulator: SimulatorConfig::default(),
+            edge: EdgeConfig::default(),
+            worker: WorkerConfig::default(),
+            board: BoardConfig::default(),
+        }
+    }
+}
+
+/// Broker connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Empty: `marktwin up` starts the
+    /// embedded Tansu broker and uses it.
+    pub brokers: String,
+    /// Prefix of every topic name, so several deployments can share a cluster.
+    pub topic_prefix: String,
+    /// The Tansu executable for the embedded broker.
+    pub tansu_binary: String,
+    /// Loopback port of the embedded broker; 0 picks a free one.
+    pub embedded_port: u16,
+    /// Seconds to wait for the embedded broker to answer.
+    pub embedded_start_timeout_secs: u64,
+    /// Replication factor of topics marktwin creates (1 for a single broker).
+    pub replication_factor: i32,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            topic_prefix: "marktwin.".into(),
+            tansu_binary: "tansu".into(),
+            embedded_port: 0,
+            embedded_start_timeout_secs: 30,
+            replication_factor: 1,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// Overrides of one topic's declaration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicOverride {
+    /// Partition count (only used when the topic is created).
+    pub partitions: Option<i32>,
+    /// Retention in ms; -1 keeps forever.
+    pub retention_ms: Option<i64>,
+    /// `json` or `protobuf`.
+    pub encoding: Option<Encoding>,
+}
+
+/// How many base units one of each unit of sale holds.
+///
+/// The defaults are the cigarette trade's (20 sticks a pack, 10 packs a
+/// carton, 250 cartons a case); other industries set their own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnitsConfig {
+    /// Base units in one `stick`.
+    pub stick: f64,
+    /// Base units in one `pack`.
+    pub pack: f64,
+    /// Base units in one `carton`.
+    pub carton: f64,
+    /// Base units in one `case`.
+    pub case: f64,
+    /// The unit quantities are reported in by the worker's tables.
+    pub report_in: Unit,
+}
+
+impl Default for UnitsConfig {
+    fn default() -> Self {
+        UnitsConfig {
+            stick: 1.0,
+            pack: 20.0,
+            carton: 200.0,
+            case: 50_000.0,
+            report_in: Unit::Pack,
+        }
+    }
+}
+
+impl UnitsConfig {
+    /// Base units in one `unit`.
+    pub fn factor(&self, unit: Unit) -> f64 {
+        match unit {
+            Unit::Stick => self.stick,
+            Unit::Pack => self.pack,
+            Unit::Carton => self.carton,
+            Unit::Case => self.case,
+        }
+    }
+
+    /// Converts `quantity` of `unit` into the reporting unit.
+    pub fn to_report(&self, quantity: f64, unit: Unit) -> f64 {
+        quantity * self.factor(unit) / self.factor(self.report_in)
+    }
+}
+
+/// Where the pseudonymisation key comes from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PseudonymConfig {
+    /// File holding the HMAC key (any bytes, at least 16). When neither this
+    /// nor the environment variable is set, a random key is created at
+    /// `<data_dir>/secrets/pseudonym.key` on first start.
+    pub key_file: Option<PathBuf>,
+    /// Name of an environment variable holding the key (takes precedence).
+    pub key_env: Option<String>,
+}
+
+/// The built-in simulators.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    /// Run the simulators inside `marktwin up`.
+    pub enabled: bool,
+    /// Address the simulated source APIs listen on.
+    pub listen: String,
+    /// Seed: the same seed and start give the same records.
+    pub seed: u64,
+    /// Number of stores (retailers).
+    pub stores: u32,
+    /// Number of SKUs.
+    pub skus: u32,
+    /// Number of sales regions.
+    pub regions: u32,
+    /// POS transaction lines per second of simulated time.
+    pub pos_lines_per_sec: f64,
+    /// Hours of history available at the first start.
+    pub history_hours: u32,
+    /// Fixed start of simulated time, ms since epoch. When absent, the first
+    /// start's time minus `history_hours` is stored in the data directory and
+    /// reused, so a restarted simulator serves the same records.
+    pub start_ms: Option<i64>,
+    /// End of simulated time, ms since epoch: no records after it. Absent:
+    /// the simulators run for ever. Tests use it for a finite data set.
+    pub end_ms: Option<i64>,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            enabled: true,
+            listen: "127.0.0.1:8091".into(),
+            seed: 42,
+            stores: 500,
+            skus: 40,
+            regions: 12,
+            pos_lines_per_sec: 50.0,
+            history_hours: 48,
+            start_ms: None,
+            end_ms: None,
+        }
+    }
+}
+
+/// Edge connectors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Address of the edge's health and metrics listener when run on its own
+    /// (`marktwin edge`).
+    pub listen: String,
+    /// The cloud-POS poller.
+    pub pos: HttpPollerConfig,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: "127.0.0.1:8093".into(),
+            pos: HttpPollerConfig::default(),
+        }
+    }
+}
+
+/// An incremental HTTP JSON poller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpPollerConfig {
+    /// Run this poller.
+    pub enabled: bool,
+    /// Source name written into each envelope and used for the cursor file.
+    pub source: String,
+    /// Endpoint URL; the poller adds `cursor` and `limit` query parameters.
+    /// Empty: the built-in simulator's endpoint.
+    pub url: String,
+    /// Pause between polls once caught up, ms.
+    pub poll_interval_ms: u64,
+    /// Records asked for per request.
+    pub page_size: u32,
+    /// Request timeout, ms.
+    pub timeout_ms: u64,
+    /// Upper bound of the retry backoff, ms.
+    pub max_backoff_ms: u64,
+    /// Name of an environment variable whose value is sent as the
+    /// `Authorization` header (never logged).
+    pub auth_header_env: Option<String>,
+}
+
+impl Default for HttpPollerConfig {
+    fn default() -> Self {
+        HttpPollerConfig {
+            enabled: true,
+            source: "pos-cloud".into(),
+            url: String::new(),
+            poll_interval_ms: 1000,
+            page_size: 2000,
+            timeout_ms: 10_000,
+            max_backoff_ms: 30_000,
+            auth_header_env: None,
+        }
+    }
+}
+
+/// Stream worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// How often state is published to the query tables, ms.
+    pub publish_interval_ms: u64,
+    /// Most records decoded and applied in one batch.
+    pub max_batch: usize,
+    /// This worker's index, from 0 (static partition assignment).
+    pub instance: u32,
+    /// Number of worker instances sharing the partitions.
+    pub instances: u32,
+    /// Address of the worker's health, metrics and query listener when run
+    /// on its own (`marktwin worker`).
+    pub listen: String,
+    /// Offset of the business day from UTC, minutes (480 for China): a sale
+    /// at 23:30 local time counts on that local day.
+    pub utc_offset_minutes: i32,
+    /// Event ids remembered per worker to drop records the edge resent after
+    /// a crash; keep it above a few edge pages.
+    pub dedup_window: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            publish_interval_ms: 1000,
+            max_batch: 10_000,
+            instance: 0,
+            instances: 1,
+            listen: "127.0.0.1:8092".into(),
+            utc_offset_minutes: 0,
+            dedup_window: 200_000,
+        }
+    }
+}
+
+/// Board and API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoardConfig {
+    /// Address the board and API listen on.
+    pub listen: String,
+    /// Longest an SQL query may run, ms.
+    pub query_timeout_ms: u64,
+    /// Most rows an SQL query may return.
+    pub max_rows: usize,
+}
+
+impl Default for BoardConfig {
+    fn default() -> Self {
+        BoardConfig {
+            listen: "127.0.0.1:8080".into(),
+            query_timeout_ms: 10_000,
+            max_rows: 100_000,
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from defaults, an optional TOML file and the
+    /// `MARKTWIN__` environment, then validates it.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(Error::Io {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "config file not found"),
+                });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let cfg: Config = fig
+            .merge(env)
+            .extract()
+            .map_err(|e| Error::ConfigLoad(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types cannot: names the field and what it allows.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(field: &str, message: impl Into<String>) -> Error {
+            Error::InvalidConfig {
+                field: field.to_owned(),
+                message: message.into(),
+            }
+        }
+        fn addr(field: &str, v: &str) -> Result<()> {
+            v.parse::<SocketAddr>()
+                .map(|_| ())
+                .map_err(|_| bad(field, format!("`{v}` is not a socket address; expected host:port such as 127.0.0.1:8080")))
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir", "must not be empty"));
+        }
+        for b in self.kafka.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+            let ok = b.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(bad("kafka.brokers", format!("`{b}` is not host:port; expected a comma-separated list such as kafka-1:9092,kafka-2:9092, or empty for the embedded broker")));
+            }
+        }
+        if self.kafka.topic_prefix.chars().any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
+            return Err(bad("kafka.topic_prefix", "allowed characters are ASCII letters, digits, `.`, `_` and `-`"));
+        }
+        if !(1..=32).contains(&self.kafka.replication_factor) {
+            return Err(bad("kafka.replication_factor", "must be between 1 and 32"));
+        }
+        if self.kafka.embedded_start_timeout_secs == 0 {
+            return Err(bad("kafka.embedded_start_timeout_secs", "must be at least 1"));
+        }
+        let known: Vec<&str> = topics().iter().map(|t| t.id).collect();
+        for (id, o) in &self.topics {
+            if !known.contains(&id.as_str()) {
+                return Err(bad(&format!("topics.{id}"), format!("unknown topic id; allowed: {}", known.join(", "))));
+            }
+            if let Some(p) = o.partitions
+                && !(1..=10_000).contains(&p)
+            {
+                return Err(bad(&format!("topics.{id}.partitions"), "must be between 1 and 10000"));
+            }
+            if let Some(r) = o.retention_ms
+                && r < -1
+            {
+                return Err(bad(&format!("topics.{id}.retention_ms"), "must be -1 (forever) or a positive number of ms"));
+            }
+        }
+        for u in Unit::ALL {
+            let f = self.units.factor(u);
+            if !(f.is_finite() && f > 0.0) {
+                return Err(bad(&format!("units.{}", u.as_str()), "must be a positive number of base units"));
+            }
+        }
+        if let Some(k) = &self.pseudonymisation.key_env
+            && k.is_empty()
+        {
+            return Err(bad("pseudonymisation.key_env", "must name an environment variable"));
+        }
+        let s = &self.simulator;
+        if s.enabled {
+            addr("simulator.listen", &s.listen)?;
+        }
+        for (field, v) in [("simulator.stores", s.stores), ("simulator.skus", s.skus), ("simulator.regions", s.regions)] {
+            if v == 0 {
+                return Err(bad(field, "must be at least 1"));
+            }
+        }
+        if !(s.pos_lines_per_sec.is_finite() && s.pos_lines_per_sec > 0.0 && s.pos_lines_per_sec <= 1_000_000.0) {
+            return Err(bad("simulator.pos_lines_per_sec", "must be above 0 and at most 1000000"));
+        }
+        addr("edge.listen", &self.edge.listen)?;
+        let p = &self.edge.pos;
+        if p.enabled {
+            if !p.url.is_empty() && !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(bad("edge.pos.url", "must start with http:// or https://, or be empty for the built-in simulator"));
+            }
+            if p.url.is_empty() && !s.enabled {
+                return Err(bad("edge.pos.url", "is empty but the simulator is disabled; give the POS API's URL"));
+            }
+            if p.source.is_empty() || p.source.contains(['/', '\\']) {
+                return Err(bad("edge.pos.source", "must be a non-empty name without slashes"));
+            }
+            if !(1..=100_000).contains(&p.page_size) {
+                return Err(bad("edge.pos.page_size", "must be between 1 and 100000"));
+            }
+            if p.timeout_ms == 0 {
+                return Err(bad("edge.pos.timeout_ms", "must be at least 1"));
+            }
+        }
+        let w = &self.worker;
+        if w.instances == 0 {
+            return Err(bad("worker.instances", "must be at least 1"));
+        }
+        if w.instance >= w.instances {
+            return Err(bad("worker.instance", format!("must be below worker.instances ({})", w.instances)));
+        }
+        if w.max_batch == 0 {
+            return Err(bad("worker.max_batch", "must be at least 1"));
+        }
+        if w.publish_interval_ms == 0 {
+            return Err(bad("worker.publish_interval_ms", "must be at least 1"));
+        }
+        addr("worker.listen", &w.listen)?;
+        if !(-14 * 60..=14 * 60).contains(&w.utc_offset_minutes) {
+            return Err(bad("worker.utc_offset_minutes", "must be between -840 and 840"));
+        }
+        addr("board.listen", &self.board.listen)?;
+        if self.board.max_rows == 0 {
+            return Err(bad("board.max_rows", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// True when no brokers are configured and the embedded broker is used.
+    pub fn embedded_broker(&self) -> bool {
+        self.kafka.brokers.trim().is_empty()
+    }
+
+    /// The declaration of topic `id` with this config's overrides applied.
+    ///
+    /// # Panics
+    ///
+    /// When `id` is not one of [`crate::topics::id`]: that is a programming
+    /// error, not a config error (config ids are checked by `validate`).
+    pub fn topic(&self, id: &str) -> TopicSpec {
+        let mut spec = topics()
+            .into_iter()
+            .find(|t| t.id == id)
+            .unwrap_or_else(|| panic!("unknown topic id `{id}`"));
+        if let Some(o) = self.topics.get(id) {
+            spec.partitions = o.partitions.unwrap_or(spec.partitions);
+            spec.retention_ms = o.retention_ms.unwrap_or(spec.retention_ms);
+            spec.encoding = o.encoding.unwrap_or(spec.encoding);
+        }
+        spec
+    }
+
+    /// All topics with overrides applied.
+    pub fn all_topics(&self) -> Vec<TopicSpec> {
+        topics().iter().map(|t| self.topic(t.id)).collect()
+    }
+
+    /// The broker-side name of topic `id`: the prefix plus its name.
+    pub fn topic_name(&self, id: &str) -> String {
+        format!("{}{}", self.kafka.topic_prefix, self.topic(id).name)
+    }
+
+    /// The POS endpoint the edge polls.
+    pub fn pos_url(&self) -> String {
+        if self.edge.pos.url.is_empty() {
+            format!("http://{}/pos/transactions", self.simulator.listen)
+        } else {
+            self.edge.pos.url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert!(Config::default().embedded_broker());
+    }
+
+    /// Layer order: defaults < file < environment.
+    #[test]
+    fn file_then_env_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "m.toml",
+                r#"
+                data_dir = "/var/lib/marktwin"
+                [kafka]
+                brokers = "file-broker:9092"
+                [topics.pos]
+                partitions = 6
+                [board]
+                max_rows = 10
+                "#,
+            )?;
+            jail.set_env("MARKTWIN__KAFKA__BROKERS", "env-broker:9092");
+            jail.set_env("MARKTWIN__TOPICS__POS__ENCODING", "protobuf");
+            let cfg = Config::load(Some(Path::new("m.toml"))).expect("load");
+            assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/marktwin"));
+            assert_eq!(cfg.kafka.brokers, "env-broker:9092");
+            assert_eq!(cfg.board.max_rows, 10);
+            assert_eq!(cfg.board.query_timeout_ms, 10_000);
+            let pos = cfg.topic("pos");
+            assert_eq!(pos.partitions, 6);
+            assert_eq!(pos.encoding, Encoding::Protobuf);
+            assert_eq!(cfg.topic_name("pos"), "marktwin.pos");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "[board]\nlisen = \"x\"\n")?;
+            let err = Config::load(Some(Path::new("m.toml"))).unwrap_err().to_string();
+            assert!(err.contains("lisen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_field_and_allowed_values() {
+        let mut c = Config::default();
+        c.kafka.brokers = "nohost".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("kafka.brokers") && e.contains("host:port"), "{e}");
+
+        let mut c = Config::default();
+        c.topics.insert("poss".into(), TopicOverride::default());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("topics.poss") && e.contains("dead_letter"), "{e}");
+
+        let mut c = Config::default();
+        c.worker.instance = 2;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("worker.instance"), "{e}");
+
+        let mut c = Config::default();
+        c.units.carton = 0.0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("units.carton"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_the_allowed_ones() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MARKTWIN__TOPICS__POS__ENCODING", "avro");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("avro") && err.contains("json") && err.contains("protobuf"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unit_conversion_uses_factors() {
+        let u = UnitsConfig::default();
+        assert_eq!(u.to_report(1.0, Unit::Carton), 10.0);
+        assert_eq!(u.to_report(40.0, Unit::Stick), 2.0);
+        assert_eq!(u.to_report(1.0, Unit::Case), 2500.0);
+    }
+}

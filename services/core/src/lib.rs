@@ -1,0 +1,32 @@
+//! marktwin-core: what every marktwin service shares.
+//!
+//! - [`events`]: the event contracts, one versioned [`events::Envelope`]
+//!   around a payload per source kind, with deterministic event ids;
+//! - [`topics`]: every Kafka topic, declared once;
+//! - [`backoff`]: jittered, capped retry delays;
+//! - [`config`]: the layered, validated [`config::Config`];
+//! - [`schema`]: the JSON Schema of each topic, generated from the types and
+//!   checked in under `schemas/`;
+//! - [`health`]: named readiness checks behind `/readyz`;
+//! - [`metrics`]: every metric name;
+//! - [`error`]: the crate's [`Error`] and [`Result`].
+//!
+//! This crate has no Kafka, HTTP or DataFusion dependency, so everything that
+//! builds on the contracts compiles and tests quickly.
+
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod schema;
+pub mod topics;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,41 @@
+//! Every metric name marktwin exports, in one place.
+//!
+//! Names follow `marktwin_<subsystem>_<name>_<unit>`; counters end in
+//! `_total`. Labels are bounded: `topic`, `partition`, `source`, `reason`,
+//! `table`, `route`, `status` — never an id, a URL or an error text.
+//! `docs/metrics.md` lists them for operators.
+
+/// Records read by an edge source, label `source`.
+pub const EDGE_RECORDS_READ_TOTAL: &str = "marktwin_edge_records_read_total";
+/// Records the broker acknowledged, labels `source`, `topic`.
+pub const EDGE_RECORDS_PRODUCED_TOTAL: &str = "marktwin_edge_records_produced_total";
+/// Records sent to the dead-letter topic, labels `stage`, `reason`.
+pub const DEAD_LETTER_RECORDS_TOTAL: &str = "marktwin_dead_letter_records_total";
+/// Failed polls of an HTTP source, label `source`.
+pub const EDGE_POLL_ERRORS_TOTAL: &str = "marktwin_edge_poll_errors_total";
+/// Duration of one poll (request to acknowledged produce), label `source`.
+pub const EDGE_POLL_DURATION_SECONDS: &str = "marktwin_edge_poll_duration_seconds";
+/// Whether a source is connected (1) or not (0), label `source`.
+pub const EDGE_SOURCE_UP: &str = "marktwin_edge_source_up";
+
+/// Records consumed by the worker, labels `topic`, `partition`.
+pub const WORKER_RECORDS_IN_TOTAL: &str = "marktwin_worker_records_in_total";
+/// Next offset to process per partition, labels `topic`, `partition`.
+pub const WORKER_OFFSET: &str = "marktwin_worker_offset";
+/// Consumer lag from our own processed offsets, clamped at zero, labels
+/// `topic`, `partition`.
+pub const WORKER_LAG_RECORDS: &str = "marktwin_worker_lag_records";
+/// Rows per state table, label `table`.
+pub const STATE_ROWS: &str = "marktwin_state_rows";
+/// Time to publish a state snapshot, label `table`.
+pub const STATE_PUBLISH_DURATION_SECONDS: &str = "marktwin_state_publish_duration_seconds";
+/// Time to decode and apply one batch, label `topic`.
+pub const WORKER_BATCH_DURATION_SECONDS: &str = "marktwin_worker_batch_duration_seconds";
+
+/// HTTP requests answered by the board, labels `route`, `status`.
+pub const BOARD_REQUESTS_TOTAL: &str = "marktwin_board_requests_total";
+/// SQL query duration.
+pub const BOARD_QUERY_DURATION_SECONDS: &str = "marktwin_board_query_duration_seconds";
+
+/// Whether the embedded broker process is running (1) or not (0).
+pub const BROKER_EMBEDDED_UP: &str = "marktwin_broker_embedded_up";

@@ -1,0 +1,123 @@
+//! Producing with acknowledgement, and the dead-letter sink.
+
+use std::time::Duration;
+
+use marktwin_core::Config;
+use marktwin_core::events::DeadLetter;
+use marktwin_core::metrics::DEAD_LETTER_RECORDS_TOTAL;
+use marktwin_core::topics::id;
+use prometheus::{IntCounterVec, Opts, Registry};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tracing::warn;
+
+use crate::error::{Error, Result};
+
+/// A producer for source events and dead letters: idempotent, `acks=all`,
+/// so an acknowledged record is stored once and durably.
+pub fn producer(cfg: &Config, bootstrap: &str) -> Result<FutureProducer> {
+    let mut c = crate::client_config(cfg, bootstrap);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "none");
+    Ok(c.create()?)
+}
+
+/// Sends every `(key, value)` to `topic` and waits until the broker has
+/// acknowledged all of them. When the local queue is full it waits for the
+/// records in flight and goes on. Any failed delivery fails the call: the
+/// caller keeps its input position and sends again (event ids are
+/// deterministic, so a resend is recognisable downstream).
+pub async fn produce_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(producer: &FutureProducer, topic: &str, records: &[(K, V)]) -> Result<usize> {
+    let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(records.len());
+    let mut i = 0;
+    while i < records.len() {
+        let (k, v) = &records[i];
+        let rec = FutureRecord::to(topic).key(k.as_ref()).payload(v.as_ref());
+        match producer.send_result(rec) {
+            Ok(f) => {
+                pending.push(f);
+                i += 1;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                await_all(topic, std::mem::take(&mut pending)).await?;
+                if pending.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            Err((e, _)) => return Err(Error::Kafka(e)),
+        }
+    }
+    await_all(topic, pending).await?;
+    Ok(records.len())
+}
+
+async fn await_all(topic: &str, pending: Vec<DeliveryFuture>) -> Result<()> {
+    let mut first_err = None;
+    for f in pending {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert(KafkaError::Canceled);
+            }
+        }
+    }
+    match first_err {
+        None => Ok(()),
+        Some(e) => {
+            warn!(topic, error = %e, "Delivery failed.");
+            Err(Error::Kafka(e))
+        }
+    }
+}
+
+/// Where rejected records go: the dead-letter topic, with the reason, and a
+/// count per stage and reason in metrics. Nothing is dropped silently.
+#[derive(Clone)]
+pub struct DeadLetterSink {
+    producer: FutureProducer,
+    topic: String,
+    count: IntCounterVec,
+}
+
+impl DeadLetterSink {
+    /// A sink producing to this deployment's dead-letter topic; registers
+    /// its counter on `registry` (once per process).
+    pub fn new(cfg: &Config, producer: FutureProducer, registry: &Registry) -> Result<Self> {
+        let count = IntCounterVec::new(
+            Opts::new(DEAD_LETTER_RECORDS_TOTAL, "Records sent to the dead-letter topic, by stage and reason."),
+            &["stage", "reason"],
+        )
+        .and_then(|c| registry.register(Box::new(c.clone())).map(|_| c))?;
+        Ok(DeadLetterSink {
+            producer,
+            topic: cfg.topic_name(id::DEAD_LETTER),
+            count,
+        })
+    }
+
+    /// Sends `letters` and waits for the broker's acknowledgement.
+    pub async fn send(&self, letters: &[DeadLetter]) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(String, Vec<u8>)> = letters
+            .iter()
+            .map(|d| (d.source.clone(), serde_json::to_vec(d).unwrap_or_default()))
+            .collect();
+        produce_all(&self.producer, &self.topic, &records).await?;
+        for d in letters {
+            self.count.with_label_values(&[d.stage.as_str(), d.reason.as_str()]).inc();
+        }
+        Ok(())
+    }
+
+    /// The topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
