@@ -30,7 +30,9 @@ use marktwin_core::config::BoardConfig;
 use marktwin_core::health::Readiness;
 use marktwin_core::metrics as m;
 use marktwin_state::SnapshotTable;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -46,8 +48,17 @@ pub struct BoardMetrics {
 impl BoardMetrics {
     /// Registers the board metrics on `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(Opts::new(m::BOARD_REQUESTS_TOTAL, "API requests answered."), &["route", "status"])?;
-        let query = HistogramVec::new(HistogramOpts::new(m::BOARD_QUERY_DURATION_SECONDS, "SQL query time, planning to last row."), &["status"])?;
+        let requests = IntCounterVec::new(
+            Opts::new(m::BOARD_REQUESTS_TOTAL, "API requests answered."),
+            &["route", "status"],
+        )?;
+        let query = HistogramVec::new(
+            HistogramOpts::new(
+                m::BOARD_QUERY_DURATION_SECONDS,
+                "SQL query time, planning to last row.",
+            ),
+            &["status"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(query.clone()))?;
         Ok(BoardMetrics { requests, query })
@@ -68,7 +79,12 @@ pub struct BoardState {
 impl BoardState {
     /// State serving `tables` (registered under their names), metrics from
     /// `registry` and readiness from `readiness`.
-    pub fn new(cfg: BoardConfig, tables: Vec<Arc<SnapshotTable>>, registry: Registry, readiness: Readiness) -> Result<Self> {
+    pub fn new(
+        cfg: BoardConfig,
+        tables: Vec<Arc<SnapshotTable>>,
+        registry: Registry,
+        readiness: Readiness,
+    ) -> Result<Self> {
         let ctx = SessionContext::new();
         for t in &tables {
             ctx.register_table(t.name(), t.clone())?;
@@ -104,7 +120,11 @@ async fn readyz(State(s): State<BoardState>) -> Response {
         .map(|(name, ready, reason)| json!({"check": name, "ready": ready, "reason": reason}))
         .collect();
     let ready = s.readiness.is_ready();
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(json!({"ready": ready, "checks": checks}))).into_response()
 }
 
@@ -142,29 +162,49 @@ struct SqlQuery {
 
 async fn sql_get(State(s): State<BoardState>, Query(q): Query<SqlQuery>) -> Response {
     let Some(sql) = q.q else {
-        return error(&s, StatusCode::BAD_REQUEST, "missing query parameter `q` (the SQL text)".into());
+        return error(
+            &s,
+            StatusCode::BAD_REQUEST,
+            "missing query parameter `q` (the SQL text)".into(),
+        );
     };
     run_sql(&s, &sql, q.format.as_deref()).await
 }
 
-async fn sql_post(State(s): State<BoardState>, Query(q): Query<SqlQuery>, body: String) -> Response {
+async fn sql_post(
+    State(s): State<BoardState>,
+    Query(q): Query<SqlQuery>,
+    body: String,
+) -> Response {
     run_sql(&s, &body, q.format.as_deref()).await
 }
 
 fn error(s: &BoardState, code: StatusCode, msg: String) -> Response {
-    s.metrics.requests.with_label_values(&["/api/sql", code.as_str()]).inc();
+    s.metrics
+        .requests
+        .with_label_values(&["/api/sql", code.as_str()])
+        .inc();
     (code, Json(json!({"error": msg}))).into_response()
 }
 
 async fn run_sql(s: &BoardState, sql: &str, format: Option<&str>) -> Response {
     let format = match format.unwrap_or("json") {
         f @ ("json" | "csv") => f,
-        other => return error(s, StatusCode::BAD_REQUEST, format!("format `{other}` is not supported; allowed: json, csv")),
+        other => {
+            return error(
+                s,
+                StatusCode::BAD_REQUEST,
+                format!("format `{other}` is not supported; allowed: json, csv"),
+            );
+        }
     };
     let started = Instant::now();
     let limit = s.cfg.max_rows;
     let timeout = Duration::from_millis(s.cfg.query_timeout_ms);
-    let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let opts = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
     let run = async {
         let df = s.ctx.sql_with_options(sql, opts).await?;
         // One row more than allowed tells us the result was too large
@@ -175,11 +215,24 @@ async fn run_sql(s: &BoardState, sql: &str, format: Option<&str>) -> Response {
     let elapsed = started.elapsed().as_secs_f64();
     let batches = match outcome {
         Err(_) => {
-            s.metrics.query.with_label_values(&["timeout"]).observe(elapsed);
-            return error(s, StatusCode::SERVICE_UNAVAILABLE, format!("query ran longer than board.query_timeout_ms ({} ms)", s.cfg.query_timeout_ms));
+            s.metrics
+                .query
+                .with_label_values(&["timeout"])
+                .observe(elapsed);
+            return error(
+                s,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "query ran longer than board.query_timeout_ms ({} ms)",
+                    s.cfg.query_timeout_ms
+                ),
+            );
         }
         Ok(Err(e)) => {
-            s.metrics.query.with_label_values(&["error"]).observe(elapsed);
+            s.metrics
+                .query
+                .with_label_values(&["error"])
+                .observe(elapsed);
             return error(s, StatusCode::BAD_REQUEST, e.to_string());
         }
         Ok(Ok(b)) => b,
@@ -187,11 +240,18 @@ async fn run_sql(s: &BoardState, sql: &str, format: Option<&str>) -> Response {
     s.metrics.query.with_label_values(&["ok"]).observe(elapsed);
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows > limit {
-        return error(s, StatusCode::PAYLOAD_TOO_LARGE, format!("result has more than board.max_rows ({limit}) rows; add a LIMIT or aggregate"));
+        return error(
+            s,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("result has more than board.max_rows ({limit}) rows; add a LIMIT or aggregate"),
+        );
     }
     match encode(&batches, format) {
         Ok((ctype, body)) => {
-            s.metrics.requests.with_label_values(&["/api/sql", "200"]).inc();
+            s.metrics
+                .requests
+                .with_label_values(&["/api/sql", "200"])
+                .inc();
             ([(header::CONTENT_TYPE, ctype)], Body::from(body)).into_response()
         }
         Err(e) => error(s, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -280,9 +340,14 @@ mod tests {
     }
 
     async fn get(s: BoardState, uri: &str) -> (StatusCode, String) {
-        let resp = router(s).oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let resp = router(s)
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
         (code, String::from_utf8(bytes.to_vec()).unwrap())
     }
 
@@ -291,12 +356,19 @@ mod tests {
         let (code, body) = get(state(100), "/api/sql?q=SELECT%20store_code,%20amount%20FROM%20pos_daily_sales%20ORDER%20BY%20amount%20DESC").await;
         assert_eq!(code, StatusCode::OK, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v, json!([{"store_code":"S3","amount":30.0},{"store_code":"S2","amount":20.0},{"store_code":"S1","amount":10.0}]));
+        assert_eq!(
+            v,
+            json!([{"store_code":"S3","amount":30.0},{"store_code":"S2","amount":20.0},{"store_code":"S1","amount":10.0}])
+        );
     }
 
     #[tokio::test]
     async fn sql_returns_csv() {
-        let (code, body) = get(state(100), "/api/sql?format=csv&q=SELECT%20store_code%20FROM%20pos_daily_sales%20ORDER%20BY%201").await;
+        let (code, body) = get(
+            state(100),
+            "/api/sql?format=csv&q=SELECT%20store_code%20FROM%20pos_daily_sales%20ORDER%20BY%201",
+        )
+        .await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(body, "store_code\nS1\nS2\nS3\n");
     }
@@ -306,7 +378,11 @@ mod tests {
         let (code, body) = get(state(2), "/api/sql?q=SELECT%20*%20FROM%20pos_daily_sales").await;
         assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(body.contains("board.max_rows (2)"), "{body}");
-        let (code, body) = get(state(2), "/api/sql?q=SELECT%20nope%20FROM%20pos_daily_sales").await;
+        let (code, body) = get(
+            state(2),
+            "/api/sql?q=SELECT%20nope%20FROM%20pos_daily_sales",
+        )
+        .await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(body.contains("nope"), "{body}");
         let (code, _) = get(state(2), "/api/sql?q=DROP%20TABLE%20pos_daily_sales").await;

@@ -31,7 +31,10 @@ impl Backoff {
 
     /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
-        let base = self.initial.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let base = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         // xorshift64: jitter needs spread, not cryptographic quality.
         self.state ^= self.state << 13;
@@ -60,16 +63,25 @@ mod tests {
     fn grows_jittered_capped_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let d0 = b.next_delay();
-        assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100), "{d0:?}");
+        assert!(
+            d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100),
+            "{d0:?}"
+        );
         let d1 = b.next_delay();
-        assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200),
+            "{d1:?}"
+        );
         for _ in 0..6 {
             b.next_delay();
         }
         // 100 ms × 2^8 is past the cap: from here on, delays sit in [cap/2, cap].
         for _ in 0..94 {
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(2500) && d <= Duration::from_secs(5), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(2500) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
         }
         assert_eq!(b.attempts(), 102);
         b.reset();

@@ -353,7 +353,10 @@ impl Config {
             if !path.exists() {
                 return Err(Error::Io {
                     path: path.to_owned(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "config file not found"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "config file not found",
+                    ),
                 });
             }
             fig = fig.merge(Toml::file(path));
@@ -375,78 +378,142 @@ impl Config {
             }
         }
         fn addr(field: &str, v: &str) -> Result<()> {
-            v.parse::<SocketAddr>()
-                .map(|_| ())
-                .map_err(|_| bad(field, format!("`{v}` is not a socket address; expected host:port such as 127.0.0.1:8080")))
+            v.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+                bad(
+                    field,
+                    format!(
+                        "`{v}` is not a socket address; expected host:port such as 127.0.0.1:8080"
+                    ),
+                )
+            })
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", "must not be empty"));
         }
-        for b in self.kafka.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
-            let ok = b.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        for b in self
+            .kafka
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        {
+            let ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !ok {
-                return Err(bad("kafka.brokers", format!("`{b}` is not host:port; expected a comma-separated list such as kafka-1:9092,kafka-2:9092, or empty for the embedded broker")));
+                return Err(bad(
+                    "kafka.brokers",
+                    format!(
+                        "`{b}` is not host:port; expected a comma-separated list such as kafka-1:9092,kafka-2:9092, or empty for the embedded broker"
+                    ),
+                ));
             }
         }
-        if self.kafka.topic_prefix.chars().any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
-            return Err(bad("kafka.topic_prefix", "allowed characters are ASCII letters, digits, `.`, `_` and `-`"));
+        if self
+            .kafka
+            .topic_prefix
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(bad(
+                "kafka.topic_prefix",
+                "allowed characters are ASCII letters, digits, `.`, `_` and `-`",
+            ));
         }
         if !(1..=32).contains(&self.kafka.replication_factor) {
             return Err(bad("kafka.replication_factor", "must be between 1 and 32"));
         }
         if self.kafka.embedded_start_timeout_secs == 0 {
-            return Err(bad("kafka.embedded_start_timeout_secs", "must be at least 1"));
+            return Err(bad(
+                "kafka.embedded_start_timeout_secs",
+                "must be at least 1",
+            ));
         }
         let known: Vec<&str> = topics().iter().map(|t| t.id).collect();
         for (id, o) in &self.topics {
             if !known.contains(&id.as_str()) {
-                return Err(bad(&format!("topics.{id}"), format!("unknown topic id; allowed: {}", known.join(", "))));
+                return Err(bad(
+                    &format!("topics.{id}"),
+                    format!("unknown topic id; allowed: {}", known.join(", ")),
+                ));
             }
             if let Some(p) = o.partitions
                 && !(1..=10_000).contains(&p)
             {
-                return Err(bad(&format!("topics.{id}.partitions"), "must be between 1 and 10000"));
+                return Err(bad(
+                    &format!("topics.{id}.partitions"),
+                    "must be between 1 and 10000",
+                ));
             }
             if let Some(r) = o.retention_ms
                 && r < -1
             {
-                return Err(bad(&format!("topics.{id}.retention_ms"), "must be -1 (forever) or a positive number of ms"));
+                return Err(bad(
+                    &format!("topics.{id}.retention_ms"),
+                    "must be -1 (forever) or a positive number of ms",
+                ));
             }
         }
         for u in Unit::ALL {
             let f = self.units.factor(u);
             if !(f.is_finite() && f > 0.0) {
-                return Err(bad(&format!("units.{}", u.as_str()), "must be a positive number of base units"));
+                return Err(bad(
+                    &format!("units.{}", u.as_str()),
+                    "must be a positive number of base units",
+                ));
             }
         }
         if let Some(k) = &self.pseudonymisation.key_env
             && k.is_empty()
         {
-            return Err(bad("pseudonymisation.key_env", "must name an environment variable"));
+            return Err(bad(
+                "pseudonymisation.key_env",
+                "must name an environment variable",
+            ));
         }
         let s = &self.simulator;
         if s.enabled {
             addr("simulator.listen", &s.listen)?;
         }
-        for (field, v) in [("simulator.stores", s.stores), ("simulator.skus", s.skus), ("simulator.regions", s.regions)] {
+        for (field, v) in [
+            ("simulator.stores", s.stores),
+            ("simulator.skus", s.skus),
+            ("simulator.regions", s.regions),
+        ] {
             if v == 0 {
                 return Err(bad(field, "must be at least 1"));
             }
         }
-        if !(s.pos_lines_per_sec.is_finite() && s.pos_lines_per_sec > 0.0 && s.pos_lines_per_sec <= 1_000_000.0) {
-            return Err(bad("simulator.pos_lines_per_sec", "must be above 0 and at most 1000000"));
+        if !(s.pos_lines_per_sec.is_finite()
+            && s.pos_lines_per_sec > 0.0
+            && s.pos_lines_per_sec <= 1_000_000.0)
+        {
+            return Err(bad(
+                "simulator.pos_lines_per_sec",
+                "must be above 0 and at most 1000000",
+            ));
         }
         addr("edge.listen", &self.edge.listen)?;
         let p = &self.edge.pos;
         if p.enabled {
-            if !p.url.is_empty() && !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
-                return Err(bad("edge.pos.url", "must start with http:// or https://, or be empty for the built-in simulator"));
+            if !p.url.is_empty() && !(p.url.starts_with("http://") || p.url.starts_with("https://"))
+            {
+                return Err(bad(
+                    "edge.pos.url",
+                    "must start with http:// or https://, or be empty for the built-in simulator",
+                ));
             }
             if p.url.is_empty() && !s.enabled {
-                return Err(bad("edge.pos.url", "is empty but the simulator is disabled; give the POS API's URL"));
+                return Err(bad(
+                    "edge.pos.url",
+                    "is empty but the simulator is disabled; give the POS API's URL",
+                ));
             }
             if p.source.is_empty() || p.source.contains(['/', '\\']) {
-                return Err(bad("edge.pos.source", "must be a non-empty name without slashes"));
+                return Err(bad(
+                    "edge.pos.source",
+                    "must be a non-empty name without slashes",
+                ));
             }
             if !(1..=100_000).contains(&p.page_size) {
                 return Err(bad("edge.pos.page_size", "must be between 1 and 100000"));
@@ -460,7 +527,10 @@ impl Config {
             return Err(bad("worker.instances", "must be at least 1"));
         }
         if w.instance >= w.instances {
-            return Err(bad("worker.instance", format!("must be below worker.instances ({})", w.instances)));
+            return Err(bad(
+                "worker.instance",
+                format!("must be below worker.instances ({})", w.instances),
+            ));
         }
         if w.max_batch == 0 {
             return Err(bad("worker.max_batch", "must be at least 1"));
@@ -470,7 +540,10 @@ impl Config {
         }
         addr("worker.listen", &w.listen)?;
         if !(-14 * 60..=14 * 60).contains(&w.utc_offset_minutes) {
-            return Err(bad("worker.utc_offset_minutes", "must be between -840 and 840"));
+            return Err(bad(
+                "worker.utc_offset_minutes",
+                "must be between -840 and 840",
+            ));
         }
         addr("board.listen", &self.board.listen)?;
         if self.board.max_rows == 0 {
@@ -569,7 +642,9 @@ mod tests {
     fn unknown_field_is_named() {
         Jail::expect_with(|jail| {
             jail.create_file("m.toml", "[board]\nlisen = \"x\"\n")?;
-            let err = Config::load(Some(Path::new("m.toml"))).unwrap_err().to_string();
+            let err = Config::load(Some(Path::new("m.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("lisen"), "{err}");
             Ok(())
         });
@@ -580,12 +655,18 @@ mod tests {
         let mut c = Config::default();
         c.kafka.brokers = "nohost".into();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("kafka.brokers") && e.contains("host:port"), "{e}");
+        assert!(
+            e.contains("kafka.brokers") && e.contains("host:port"),
+            "{e}"
+        );
 
         let mut c = Config::default();
         c.topics.insert("poss".into(), TopicOverride::default());
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("topics.poss") && e.contains("dead_letter"), "{e}");
+        assert!(
+            e.contains("topics.poss") && e.contains("dead_letter"),
+            "{e}"
+        );
 
         let mut c = Config::default();
         c.worker.instance = 2;
@@ -603,9 +684,19 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("MARKTWIN__TOPICS__POS__ENCODING", "avro");
             let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("avro") && err.contains("json") && err.contains("protobuf"), "{err}");
+            assert!(
+                err.contains("avro") && err.contains("json") && err.contains("protobuf"),
+                "{err}"
+            );
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/marktwin.example.toml");
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg.worker.utc_offset_minutes, 480);
     }
 
     #[test]

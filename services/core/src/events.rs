@@ -389,7 +389,9 @@ impl Payload for TelemetryReading {
         format!("{}/{}/{}", self.asset, self.tag, self.event_time_ms())
     }
     fn event_time_ms(&self) -> i64 {
-        self.source_time_ms.or(self.server_time_ms).unwrap_or_default()
+        self.source_time_ms
+            .or(self.server_time_ms)
+            .unwrap_or_default()
     }
 }
 

@@ -8,8 +8,8 @@ use schemars::{JsonSchema, schema_for};
 use serde_json::Value;
 
 use crate::events::{
-    AllocationOrder, DeadLetter, Envelope, EventKind, InventorySnapshot, LineCapacity, PosTransaction,
-    PriceObservation, ProductionPlan, ProductionRecord, Retailer, TelemetryReading,
+    AllocationOrder, DeadLetter, Envelope, EventKind, InventorySnapshot, LineCapacity,
+    PosTransaction, PriceObservation, ProductionPlan, ProductionRecord, Retailer, TelemetryReading,
 };
 use crate::topics::{id, topics};
 
@@ -45,7 +45,9 @@ pub fn topic_schemas() -> Vec<(String, Value)> {
         .map(|t| {
             let schema = match t.kind {
                 Some(kind) => envelope_schema(kind),
-                None if t.id == id::DEAD_LETTER => schema_of::<DeadLetter>("marktwin.v1 dead letter"),
+                None if t.id == id::DEAD_LETTER => {
+                    schema_of::<DeadLetter>("marktwin.v1 dead letter")
+                }
                 None => Value::Null,
             };
             (format!("{}.schema.json", t.name), schema)
@@ -74,9 +76,16 @@ mod tests {
                 std::fs::write(&path, &text).unwrap();
                 continue;
             }
-            let on_disk = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}; run UPDATE_GOLDEN=1 cargo test -p marktwin-core", path.display()));
-            assert_eq!(on_disk, text, "{file} drifted from the Rust types; run UPDATE_GOLDEN=1 cargo test -p marktwin-core");
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; run UPDATE_GOLDEN=1 cargo test -p marktwin-core",
+                    path.display()
+                )
+            });
+            assert_eq!(
+                on_disk, text,
+                "{file} drifted from the Rust types; run UPDATE_GOLDEN=1 cargo test -p marktwin-core"
+            );
         }
     }
 
@@ -89,12 +98,20 @@ mod tests {
             let topic = file.trim_end_matches(".schema.json");
             let validator = jsonschema::validator_for(&schema).unwrap();
             let path = dir.join(format!("{topic}.json"));
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let examples: Vec<Value> = serde_json::from_str(&text).unwrap();
             assert!(!examples.is_empty(), "{} holds no example", path.display());
             for (i, ex) in examples.iter().enumerate() {
-                let errors: Vec<String> = validator.iter_errors(ex).map(|e| format!("{e} at {}", e.instance_path())).collect();
-                assert!(errors.is_empty(), "{} example {i}: {errors:?}", path.display());
+                let errors: Vec<String> = validator
+                    .iter_errors(ex)
+                    .map(|e| format!("{e} at {}", e.instance_path()))
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{} example {i}: {errors:?}",
+                    path.display()
+                );
             }
         }
     }
@@ -110,7 +127,10 @@ mod tests {
         bad_unit["payload"]["unit"] = Value::from("bale");
         assert!(!v.is_valid(&bad_unit));
         let mut missing = good[0].clone();
-        missing["payload"].as_object_mut().unwrap().remove("sku_code");
+        missing["payload"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sku_code");
         assert!(!v.is_valid(&missing));
     }
 }

@@ -112,10 +112,30 @@ pub fn topics() -> Vec<TopicSpec> {
     vec![
         source(id::TELEMETRY, "telemetry", "asset", K::TelemetryReading),
         source(id::PRODUCTION, "production", "line_id", K::ProductionRecord),
-        source(id::PRODUCTION_PLAN, "production-plan", "line_id", K::ProductionPlan),
-        source(id::LINE_CAPACITY, "line-capacity", "line_id", K::LineCapacity),
-        source(id::INVENTORY, "inventory", "warehouse_id", K::InventorySnapshot),
-        source(id::ALLOCATION_ORDERS, "allocation-orders", "to_id (retailer)", K::AllocationOrder),
+        source(
+            id::PRODUCTION_PLAN,
+            "production-plan",
+            "line_id",
+            K::ProductionPlan,
+        ),
+        source(
+            id::LINE_CAPACITY,
+            "line-capacity",
+            "line_id",
+            K::LineCapacity,
+        ),
+        source(
+            id::INVENTORY,
+            "inventory",
+            "warehouse_id",
+            K::InventorySnapshot,
+        ),
+        source(
+            id::ALLOCATION_ORDERS,
+            "allocation-orders",
+            "to_id (retailer)",
+            K::AllocationOrder,
+        ),
         TopicSpec {
             cleanup: Cleanup::Compact,
             ..source(id::RETAILERS, "retailers", "retailer_id", K::Retailer)
@@ -148,11 +168,7 @@ mod tests {
         assert_eq!(ids.len(), all.len());
         assert_eq!(names.len(), all.len());
         for k in EventKind::ALL {
-            assert_eq!(
-                all.iter().filter(|t| t.kind == Some(k)).count(),
-                1,
-                "{k:?}"
-            );
+            assert_eq!(all.iter().filter(|t| t.kind == Some(k)).count(), 1, "{k:?}");
         }
         assert!(all.iter().any(|t| t.id == id::DEAD_LETTER));
     }

@@ -10,7 +10,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("cursor")
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("cursor")
     ));
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -44,7 +46,10 @@ impl CursorStore {
     pub fn load(&self) -> std::io::Result<u64> {
         match std::fs::read_to_string(&self.path) {
             Ok(t) => t.trim().parse().map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", self.path.display()))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", self.path.display()),
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e),

@@ -33,7 +33,10 @@ pub enum Error {
 impl Error {
     /// Whether trying again unchanged can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Source { .. } | Error::Produce { .. } | Error::Io(_))
+        matches!(
+            self,
+            Error::Source { .. } | Error::Produce { .. } | Error::Io(_)
+        )
     }
 }
 

@@ -42,17 +42,38 @@ pub struct EdgeMetrics {
 impl EdgeMetrics {
     /// Registers the edge metrics on `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let read = IntCounterVec::new(Opts::new(m::EDGE_RECORDS_READ_TOTAL, "Records read from a source."), &["source"])?;
-        let produced = IntCounterVec::new(
-            Opts::new(m::EDGE_RECORDS_PRODUCED_TOTAL, "Records acknowledged by the broker."),
-            &["source", "topic"],
-        )?;
-        let errors = IntCounterVec::new(Opts::new(m::EDGE_POLL_ERRORS_TOTAL, "Failed polls, retried with backoff."), &["source"])?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(m::EDGE_POLL_DURATION_SECONDS, "One poll, from request to acknowledged produce."),
+        let read = IntCounterVec::new(
+            Opts::new(m::EDGE_RECORDS_READ_TOTAL, "Records read from a source."),
             &["source"],
         )?;
-        let up = IntGaugeVec::new(Opts::new(m::EDGE_SOURCE_UP, "1 when the last poll of the source succeeded."), &["source"])?;
+        let produced = IntCounterVec::new(
+            Opts::new(
+                m::EDGE_RECORDS_PRODUCED_TOTAL,
+                "Records acknowledged by the broker.",
+            ),
+            &["source", "topic"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                m::EDGE_POLL_ERRORS_TOTAL,
+                "Failed polls, retried with backoff.",
+            ),
+            &["source"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                m::EDGE_POLL_DURATION_SECONDS,
+                "One poll, from request to acknowledged produce.",
+            ),
+            &["source"],
+        )?;
+        let up = IntGaugeVec::new(
+            Opts::new(
+                m::EDGE_SOURCE_UP,
+                "1 when the last poll of the source succeeded.",
+            ),
+            &["source"],
+        )?;
         registry.register(Box::new(read.clone()))?;
         registry.register(Box::new(produced.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -108,7 +129,11 @@ impl PosPoller {
                 source_name: p.source.clone(),
                 detail: e.to_string(),
             })?;
-        readiness.set(readiness_name(), false, format!("source {} not polled yet", p.source));
+        readiness.set(
+            readiness_name(),
+            false,
+            format!("source {} not polled yet", p.source),
+        );
         Ok(PosPoller {
             url: cfg.pos_url(),
             auth,
@@ -130,15 +155,25 @@ impl PosPoller {
         let mut cursor = self.cursor.load()?;
         let source = self.cfg.source.as_str();
         info!(source, cursor, url = %self.url, "POS poller starting.");
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(self.cfg.max_backoff_ms));
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_millis(self.cfg.max_backoff_ms),
+        );
         let interval = Duration::from_millis(self.cfg.poll_interval_ms);
         while !*shutdown.borrow() {
             let started = Instant::now();
             let wait = match self.poll_once(cursor).await {
                 Ok((next, has_more)) => {
-                    self.metrics.duration.with_label_values(&[source]).observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .duration
+                        .with_label_values(&[source])
+                        .observe(started.elapsed().as_secs_f64());
                     self.metrics.up.with_label_values(&[source]).set(1);
-                    self.readiness.set(readiness_name(), true, format!("source {source} polled, cursor {next}"));
+                    self.readiness.set(
+                        readiness_name(),
+                        true,
+                        format!("source {source} polled, cursor {next}"),
+                    );
                     cursor = next;
                     backoff.reset();
                     if has_more { Duration::ZERO } else { interval }
@@ -147,7 +182,8 @@ impl PosPoller {
                 Err(e) => {
                     self.metrics.errors.with_label_values(&[source]).inc();
                     self.metrics.up.with_label_values(&[source]).set(0);
-                    self.readiness.set(readiness_name(), false, format!("source {source}: {e}"));
+                    self.readiness
+                        .set(readiness_name(), false, format!("source {source}: {e}"));
                     let d = backoff.next_delay();
                     warn!(source, error = %e, retry_in_ms = d.as_millis() as u64, attempt = backoff.attempts(), "Poll failed; retrying.");
                     d
@@ -171,18 +207,30 @@ impl PosPoller {
             source_name: source.to_owned(),
             detail,
         };
-        let mut req = self.http.get(&self.url).query(&[("cursor", cursor), ("limit", u64::from(self.cfg.page_size))]);
+        let mut req = self
+            .http
+            .get(&self.url)
+            .query(&[("cursor", cursor), ("limit", u64::from(self.cfg.page_size))]);
         if let Some(a) = &self.auth {
             req = req.header("Authorization", a);
         }
-        let resp = req.send().await.map_err(|e| src_err(format!("request failed: {e}")))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| src_err(format!("request failed: {e}")))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(src_err(format!("answered HTTP {status}")));
         }
-        let page: Page = resp.json().await.map_err(|e| src_err(format!("page is not the expected JSON: {e}")))?;
+        let page: Page = resp
+            .json()
+            .await
+            .map_err(|e| src_err(format!("page is not the expected JSON: {e}")))?;
         if page.next_cursor < cursor {
-            return Err(src_err(format!("next cursor {} is behind the cursor asked for ({cursor})", page.next_cursor)));
+            return Err(src_err(format!(
+                "next cursor {} is behind the cursor asked for ({cursor})",
+                page.next_cursor
+            )));
         }
         let ingest = now_ms();
         let mut good: Vec<(String, Vec<u8>)> = Vec::with_capacity(page.records.len());
@@ -206,14 +254,25 @@ impl PosPoller {
                 }),
             }
         }
-        self.metrics.read.with_label_values(&[source]).inc_by(page.records.len() as u64);
+        self.metrics
+            .read
+            .with_label_values(&[source])
+            .inc_by(page.records.len() as u64);
         let produce_err = |e: marktwin_kafka::Error| Error::Produce {
             topic: self.topic.clone(),
             detail: e.to_string(),
         };
-        produce_all(&self.producer, &self.topic, &good).await.map_err(produce_err)?;
-        self.dead_letters.send(&rejects).await.map_err(produce_err)?;
-        self.metrics.produced.with_label_values(&[source, &self.topic]).inc_by(good.len() as u64);
+        produce_all(&self.producer, &self.topic, &good)
+            .await
+            .map_err(produce_err)?;
+        self.dead_letters
+            .send(&rejects)
+            .await
+            .map_err(produce_err)?;
+        self.metrics
+            .produced
+            .with_label_values(&[source, &self.topic])
+            .inc_by(good.len() as u64);
         if page.next_cursor != cursor {
             self.cursor.store(page.next_cursor)?;
         }
@@ -232,7 +291,11 @@ pub fn readiness_name() -> &'static str {
 fn redact(raw: &serde_json::Value, pseudo: &Pseudonymiser) -> String {
     let mut v = raw.clone();
     for field in ["memberId", "mobile"] {
-        if let Some(s) = v.get(field).and_then(|x| x.as_str()).map(|s| pseudo.pseudonymise(s)) {
+        if let Some(s) = v
+            .get(field)
+            .and_then(|x| x.as_str())
+            .map(|s| pseudo.pseudonymise(s))
+        {
             v[field] = serde_json::Value::from(s);
         }
     }

@@ -61,7 +61,12 @@ fn parse_unit(s: &str) -> Result<Unit, Reject> {
     Unit::ALL
         .into_iter()
         .find(|u| u.as_str().eq_ignore_ascii_case(s))
-        .ok_or_else(|| Reject::bad("unit", format!("is `{s}`; allowed: stick, pack, carton, case")))
+        .ok_or_else(|| {
+            Reject::bad(
+                "unit",
+                format!("is `{s}`; allowed: stick, pack, carton, case"),
+            )
+        })
 }
 
 /// Maps one vendor record, pseudonymising the member id and phone.
@@ -73,21 +78,35 @@ pub fn map_record(raw: &Value, pseudo: &Pseudonymiser) -> Result<PosTransaction,
     let unit = parse_unit(&req(r.unit, "unit")?)?;
     let quantity = req(r.qty, "qty")?;
     if !(quantity.is_finite() && quantity > 0.0) {
-        return Err(Reject::bad("qty", format!("is {quantity}; must be above 0")));
+        return Err(Reject::bad(
+            "qty",
+            format!("is {quantity}; must be above 0"),
+        ));
     }
     let unit_price = req(r.price, "price")?;
     if !(unit_price.is_finite() && unit_price >= 0.0) {
-        return Err(Reject::bad("price", format!("is {unit_price}; must be 0 or more")));
+        return Err(Reject::bad(
+            "price",
+            format!("is {unit_price}; must be 0 or more"),
+        ));
     }
     let total_amount = req(r.amount, "amount")?;
     let expected = unit_price * quantity;
     // Discounts make the amount smaller than price × qty; it is never larger.
     if !(total_amount.is_finite() && total_amount >= 0.0 && total_amount <= expected + 0.01) {
-        return Err(Reject::bad("amount", format!("is {total_amount}; must be between 0 and price × qty ({expected})")));
+        return Err(Reject::bad(
+            "amount",
+            format!("is {total_amount}; must be between 0 and price × qty ({expected})"),
+        ));
     }
     let paid_at = req(r.paid_at, "paidAt")?;
     let transaction_time_ms = DateTime::parse_from_rfc3339(&paid_at)
-        .map_err(|e| Reject::bad("paidAt", format!("is `{paid_at}`, not an RFC 3339 time: {e}")))?
+        .map_err(|e| {
+            Reject::bad(
+                "paidAt",
+                format!("is `{paid_at}`, not an RFC 3339 time: {e}"),
+            )
+        })?
         .timestamp_millis();
     let non_empty = |v: Option<String>, field: &str| -> Result<String, Reject> {
         match v {
@@ -99,8 +118,14 @@ pub fn map_record(raw: &Value, pseudo: &Pseudonymiser) -> Result<PosTransaction,
         store_code: non_empty(r.store_code, "storeCode")?,
         order_number: non_empty(r.order_no, "orderNo")?,
         line_no: req(r.line_no, "lineNo")?,
-        consumer_id: r.member_id.filter(|s| !s.is_empty()).map(|s| pseudo.pseudonymise(&s)),
-        consumer_phone: r.mobile.filter(|s| !s.is_empty()).map(|s| pseudo.pseudonymise(&s)),
+        consumer_id: r
+            .member_id
+            .filter(|s| !s.is_empty())
+            .map(|s| pseudo.pseudonymise(&s)),
+        consumer_phone: r
+            .mobile
+            .filter(|s| !s.is_empty())
+            .map(|s| pseudo.pseudonymise(&s)),
         sku_code: non_empty(r.sku_code, "skuCode")?,
         sku_name: r.sku_name.unwrap_or_default(),
         unit_price,
@@ -139,10 +164,25 @@ mod tests {
     #[test]
     fn rejects_name_the_field() {
         for (field, value, reason, needle) in [
-            ("unit", json!("bale"), "bad_value", "`unit` is `bale`; allowed: stick, pack, carton, case"),
+            (
+                "unit",
+                json!("bale"),
+                "bad_value",
+                "`unit` is `bale`; allowed: stick, pack, carton, case",
+            ),
             ("qty", json!(-1), "bad_value", "`qty` is -1"),
-            ("skuCode", Value::Null, "missing_field", "`skuCode` is missing"),
-            ("paidAt", json!("yesterday"), "bad_value", "`paidAt` is `yesterday`"),
+            (
+                "skuCode",
+                Value::Null,
+                "missing_field",
+                "`skuCode` is missing",
+            ),
+            (
+                "paidAt",
+                json!("yesterday"),
+                "bad_value",
+                "`paidAt` is `yesterday`",
+            ),
             ("lineNo", json!("one"), "decode", "invalid type"),
         ] {
             let mut r = good();

@@ -29,7 +29,10 @@ impl Pseudonymiser {
     /// From raw key bytes (at least 16).
     pub fn new(key: &[u8]) -> Result<Self> {
         if key.len() < MIN_KEY {
-            return Err(Error::Key(format!("the pseudonymisation key has {} bytes; at least {MIN_KEY} are needed", key.len())));
+            return Err(Error::Key(format!(
+                "the pseudonymisation key has {} bytes; at least {MIN_KEY} are needed",
+                key.len()
+            )));
         }
         let mac = Hmac::<Sha256>::new_from_slice(key).map_err(|e| Error::Key(e.to_string()))?;
         Ok(Pseudonymiser { mac })
@@ -41,7 +44,11 @@ impl Pseudonymiser {
     pub fn from_config(cfg: &Config) -> Result<Self> {
         let p = &cfg.pseudonymisation;
         if let Some(var) = &p.key_env {
-            let v = std::env::var(var).map_err(|_| Error::Key(format!("pseudonymisation.key_env names `{var}`, which is not set")))?;
+            let v = std::env::var(var).map_err(|_| {
+                Error::Key(format!(
+                    "pseudonymisation.key_env names `{var}`, which is not set"
+                ))
+            })?;
             return Self::new(v.trim().as_bytes());
         }
         let path = match &p.key_file {
@@ -54,7 +61,8 @@ impl Pseudonymiser {
                 path
             }
         };
-        let key = std::fs::read(&path).map_err(|e| Error::Key(format!("{}: {e}", path.display())))?;
+        let key =
+            std::fs::read(&path).map_err(|e| Error::Key(format!("{}: {e}", path.display())))?;
         Self::new(&key)
     }
 
@@ -68,11 +76,13 @@ impl Pseudonymiser {
 
 fn create_key(path: &Path) -> Result<()> {
     let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| Error::Key(format!("no randomness for a new key: {e}")))?;
+    getrandom::fill(&mut key)
+        .map_err(|e| Error::Key(format!("no randomness for a new key: {e}")))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::Key(format!("{}: {e}", dir.display())))?;
     }
-    crate::cursor::write_atomic(path, &key).map_err(|e| Error::Key(format!("{}: {e}", path.display())))?;
+    crate::cursor::write_atomic(path, &key)
+        .map_err(|e| Error::Key(format!("{}: {e}", path.display())))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -36,7 +36,8 @@ const VARIANTS: [&str; 4] = ["Classic", "Slim", "Blue", "Gold"];
 /// record can be computed directly from its index. `rand`'s generators are
 /// sequential and would need replaying from the start.
 fn mix(seed: u64, stream: u64, i: u64) -> u64 {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z =
+        seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -117,7 +118,11 @@ impl PosSim {
         let store_code = format!("R{:06}", store + 1);
         let (member, mobile) = if unit_f64(mix(self.seed, 3, order)) < 0.6 {
             let consumer = store * 16 + mix(self.seed, 4, order) % 16;
-            let phone = format!("1{}{:09}", 3 + consumer % 7, consumer.wrapping_mul(7919) % 1_000_000_000);
+            let phone = format!(
+                "1{}{:09}",
+                3 + consumer % 7,
+                consumer.wrapping_mul(7919) % 1_000_000_000
+            );
             (json!(format!("M{consumer:08}")), json!(phone))
         } else {
             (Value::Null, Value::Null)
@@ -262,8 +267,20 @@ mod tests {
     fn orders_have_one_to_three_lines_and_some_defects() {
         let s = sim();
         let recs: Vec<Value> = (0..300_000).filter_map(|i| s.slot(i)).collect();
-        assert!(recs.len() > 150_000 && recs.len() < 250_000, "{}", recs.len());
-        let defects = recs.iter().filter(|r| r["unit"] == "bale" || r["qty"] == -1 || r["skuCode"].is_null() || r["paidAt"] == "yesterday").count();
+        assert!(
+            recs.len() > 150_000 && recs.len() < 250_000,
+            "{}",
+            recs.len()
+        );
+        let defects = recs
+            .iter()
+            .filter(|r| {
+                r["unit"] == "bale"
+                    || r["qty"] == -1
+                    || r["skuCode"].is_null()
+                    || r["paidAt"] == "yesterday"
+            })
+            .count();
         assert!((50..250).contains(&defects), "{defects}");
         let members = recs.iter().filter(|r| !r["memberId"].is_null()).count();
         assert!(members * 10 > recs.len() * 5 && members * 10 < recs.len() * 7);

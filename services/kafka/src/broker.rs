@@ -32,17 +32,23 @@ pub fn find_tansu(binary: &str) -> Result<PathBuf> {
         return if p.is_file() {
             Ok(p.to_owned())
         } else {
-            Err(Error::TansuMissing { binary: binary.into() })
+            Err(Error::TansuMissing {
+                binary: binary.into(),
+            })
         };
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
     dirs.into_iter()
         .map(|d| d.join(binary))
         .find(|c| c.is_file())
-        .ok_or_else(|| Error::TansuMissing { binary: binary.into() })
+        .ok_or_else(|| Error::TansuMissing {
+            binary: binary.into(),
+        })
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -51,10 +57,12 @@ pub fn free_port() -> Result<u16> {
         path: "127.0.0.1:0".into(),
         source,
     })?;
-    l.local_addr().map(|a| a.port()).map_err(|source| Error::Io {
-        path: "127.0.0.1:0".into(),
-        source,
-    })
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|source| Error::Io {
+            path: "127.0.0.1:0".into(),
+            source,
+        })
 }
 
 impl EmbeddedBroker {
@@ -62,8 +70,14 @@ impl EmbeddedBroker {
     /// waits until it answers a metadata request.
     pub async fn start(cfg: &Config) -> Result<EmbeddedBroker> {
         let dir = cfg.data_dir.join("broker");
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
-        let dir = dir.canonicalize().map_err(|source| Error::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let dir = dir.canonicalize().map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let port = match cfg.kafka.embedded_port {
             0 => free_port()?,
             p => p,
@@ -75,22 +89,45 @@ impl EmbeddedBroker {
             .create(true)
             .append(true)
             .open(&log)
-            .map_err(|source| Error::Io { path: log.clone(), source })?;
-        let log_err = log_file.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+            .map_err(|source| Error::Io {
+                path: log.clone(),
+                source,
+            })?;
+        let log_err = log_file.try_clone().map_err(|source| Error::Io {
+            path: log.clone(),
+            source,
+        })?;
         let url = format!("tcp://{addr}");
-        let storage = format!("sqlite://{}", dir.join("tansu.db").display());
+        // Tansu resolves a sqlite:// path against its working directory.
+        let storage = "sqlite://tansu.db".to_owned();
         let child = Command::new(&binary)
+            .current_dir(&dir)
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &storage,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| Error::Io { path: binary.clone(), source })?;
+            .map_err(|source| Error::Io {
+                path: binary.clone(),
+                source,
+            })?;
         let mut broker = EmbeddedBroker { child, addr, log };
-        info!(%addr, binary = %binary.display(), storage = %storage, "Starting embedded Tansu broker.");
-        broker.wait_ready(cfg, Duration::from_secs(cfg.kafka.embedded_start_timeout_secs)).await?;
+        info!(%addr, binary = %binary.display(), db = %dir.join("tansu.db").display(), "Starting embedded Tansu broker.");
+        broker
+            .wait_ready(
+                cfg,
+                Duration::from_secs(cfg.kafka.embedded_start_timeout_secs),
+            )
+            .await?;
         info!(%addr, "Embedded broker is ready.");
         Ok(broker)
     }

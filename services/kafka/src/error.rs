@@ -17,7 +17,9 @@ pub enum Error {
         reason: String,
     },
     /// The embedded broker binary is missing.
-    #[error("the embedded broker needs `{binary}` on PATH or in ~/.cargo/bin; install it with `cargo install tansu --locked --features libsql,dynostore` or set kafka.brokers")]
+    #[error(
+        "the embedded broker needs `{binary}` on PATH or in ~/.cargo/bin; install it with `cargo install tansu --locked --features libsql,dynostore` or set kafka.brokers"
+    )]
     TansuMissing {
         /// What was looked for.
         binary: String,

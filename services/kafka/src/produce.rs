@@ -29,7 +29,11 @@ pub fn producer(cfg: &Config, bootstrap: &str) -> Result<FutureProducer> {
 /// records in flight and goes on. Any failed delivery fails the call: the
 /// caller keeps its input position and sends again (event ids are
 /// deterministic, so a resend is recognisable downstream).
-pub async fn produce_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(producer: &FutureProducer, topic: &str, records: &[(K, V)]) -> Result<usize> {
+pub async fn produce_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(K, V)],
+) -> Result<usize> {
     let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(records.len());
     let mut i = 0;
     while i < records.len() {
@@ -89,7 +93,10 @@ impl DeadLetterSink {
     /// its counter on `registry` (once per process).
     pub fn new(cfg: &Config, producer: FutureProducer, registry: &Registry) -> Result<Self> {
         let count = IntCounterVec::new(
-            Opts::new(DEAD_LETTER_RECORDS_TOTAL, "Records sent to the dead-letter topic, by stage and reason."),
+            Opts::new(
+                DEAD_LETTER_RECORDS_TOTAL,
+                "Records sent to the dead-letter topic, by stage and reason.",
+            ),
             &["stage", "reason"],
         )
         .and_then(|c| registry.register(Box::new(c.clone())).map(|_| c))?;
@@ -111,7 +118,9 @@ impl DeadLetterSink {
             .collect();
         produce_all(&self.producer, &self.topic, &records).await?;
         for d in letters {
-            self.count.with_label_values(&[d.stage.as_str(), d.reason.as_str()]).inc();
+            self.count
+                .with_label_values(&[d.stage.as_str(), d.reason.as_str()])
+                .inc();
         }
         Ok(())
     }

@@ -22,9 +22,13 @@ pub async fn ensure_topics(cfg: &Config, bootstrap: &str) -> Result<()> {
         .zip(&names)
         .zip(&retention)
         .map(|((t, name), ret)| {
-            NewTopic::new(name, t.partitions, TopicReplication::Fixed(cfg.kafka.replication_factor))
-                .set("cleanup.policy", t.cleanup.as_str())
-                .set("retention.ms", ret)
+            NewTopic::new(
+                name,
+                t.partitions,
+                TopicReplication::Fixed(cfg.kafka.replication_factor),
+            )
+            .set("cleanup.policy", t.cleanup.as_str())
+            .set("retention.ms", ret)
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

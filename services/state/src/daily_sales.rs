@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Date32Builder, Float64Builder, StringBuilder, UInt64Builder};
+use datafusion::arrow::array::{
+    ArrayRef, Date32Builder, Float64Builder, StringBuilder, UInt64Builder,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::config::UnitsConfig;
@@ -104,7 +106,11 @@ impl DailySales {
     pub fn to_batches(&self) -> Result<Vec<RecordBatch>> {
         let mut keys: Vec<(&Key, &Agg)> = self.rows.iter().collect();
         keys.sort_unstable_by(|(a, _), (b, _)| {
-            (a.day, self.stores.name(a.store), self.skus.name(a.sku)).cmp(&(b.day, self.stores.name(b.store), self.skus.name(b.sku)))
+            (a.day, self.stores.name(a.store), self.skus.name(a.sku)).cmp(&(
+                b.day,
+                self.stores.name(b.store),
+                self.skus.name(b.sku),
+            ))
         });
         let unit = self.units.report_in.as_str();
         let schema = Self::schema();
@@ -136,7 +142,10 @@ impl DailySales {
                     Arc::new(units.finish()),
                     Arc::new(amount.finish()),
                 ];
-                RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Build { table: TABLE, source })
+                RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Build {
+                    table: TABLE,
+                    source,
+                })
             })
             .collect()
     }
@@ -213,9 +222,21 @@ mod tests {
     fn business_day_follows_the_utc_offset() {
         // 2026-01-01T20:00Z is already 2026-01-02 at UTC+8.
         let mut s = DailySales::new(UnitsConfig::default(), 480);
-        s.apply(&line("S1", "K1", 1.0, Unit::Pack, 25.0, JAN1 + 20 * 3_600_000));
+        s.apply(&line(
+            "S1",
+            "K1",
+            1.0,
+            Unit::Pack,
+            25.0,
+            JAN1 + 20 * 3_600_000,
+        ));
         let b = s.to_batches().unwrap();
-        let day = b[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Date32Array>().unwrap().value(0);
+        let day = b[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Date32Array>()
+            .unwrap()
+            .value(0);
         assert_eq!(i64::from(day), JAN1 / MS_PER_DAY + 1);
     }
 

@@ -119,7 +119,10 @@ impl PosState {
         if env.kind != EventKind::PosTransaction {
             return Applied::Rejected(Rejected {
                 reason: "wrong_kind",
-                detail: format!("`kind` is `{}`; this topic carries pos_transaction", env.kind.as_str()),
+                detail: format!(
+                    "`kind` is `{}`; this topic carries pos_transaction",
+                    env.kind.as_str()
+                ),
             });
         }
         let Some(id) = parse_id(&env.event_id) else {

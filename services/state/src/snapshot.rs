@@ -29,7 +29,10 @@ pub struct SnapshotTable {
 
 impl fmt::Debug for SnapshotTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SnapshotTable").field("name", &self.name).field("rows", &self.rows()).finish()
+        f.debug_struct("SnapshotTable")
+            .field("name", &self.name)
+            .field("rows", &self.rows())
+            .finish()
     }
 }
 
@@ -55,14 +58,21 @@ impl SnapshotTable {
 
     /// Replaces the content.
     pub fn publish(&self, batches: Vec<RecordBatch>) {
-        debug_assert!(batches.iter().all(|b| b.schema() == self.schema), "batch schema differs from table `{}`", self.name);
+        debug_assert!(
+            batches.iter().all(|b| b.schema() == self.schema),
+            "batch schema differs from table `{}`",
+            self.name
+        );
         let next = Arc::new(batches);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Vec<RecordBatch>> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Rows in the current snapshot.
@@ -89,7 +99,11 @@ impl TableProvider for SnapshotTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snap = self.snapshot();
-        let exec = MemorySourceConfig::try_new_exec(&[snap.as_ref().clone()], self.schema.clone(), projection.cloned())?;
+        let exec = MemorySourceConfig::try_new_exec(
+            &[snap.as_ref().clone()],
+            self.schema.clone(),
+            projection.cloned(),
+        )?;
         Ok(exec)
     }
 }

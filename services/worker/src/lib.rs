@@ -78,15 +78,39 @@ pub struct WorkerMetrics {
 impl WorkerMetrics {
     /// Registers the worker metrics on `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let records_in = IntCounterVec::new(Opts::new(m::WORKER_RECORDS_IN_TOTAL, "Records consumed."), &["topic", "partition"])?;
-        let offset = IntGaugeVec::new(Opts::new(m::WORKER_OFFSET, "Next offset to process."), &["topic", "partition"])?;
-        let lag = IntGaugeVec::new(
-            Opts::new(m::WORKER_LAG_RECORDS, "High watermark minus our next offset, clamped at 0."),
+        let records_in = IntCounterVec::new(
+            Opts::new(m::WORKER_RECORDS_IN_TOTAL, "Records consumed."),
             &["topic", "partition"],
         )?;
-        let rows = IntGaugeVec::new(Opts::new(m::STATE_ROWS, "Rows per state table."), &["table"])?;
-        let publish = HistogramVec::new(HistogramOpts::new(m::STATE_PUBLISH_DURATION_SECONDS, "Publishing a table snapshot."), &["table"])?;
-        let batch = HistogramVec::new(HistogramOpts::new(m::WORKER_BATCH_DURATION_SECONDS, "Decoding and applying one batch."), &["topic"])?;
+        let offset = IntGaugeVec::new(
+            Opts::new(m::WORKER_OFFSET, "Next offset to process."),
+            &["topic", "partition"],
+        )?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                m::WORKER_LAG_RECORDS,
+                "High watermark minus our next offset, clamped at 0.",
+            ),
+            &["topic", "partition"],
+        )?;
+        let rows = IntGaugeVec::new(
+            Opts::new(m::STATE_ROWS, "Rows per state table."),
+            &["table"],
+        )?;
+        let publish = HistogramVec::new(
+            HistogramOpts::new(
+                m::STATE_PUBLISH_DURATION_SECONDS,
+                "Publishing a table snapshot.",
+            ),
+            &["table"],
+        )?;
+        let batch = HistogramVec::new(
+            HistogramOpts::new(
+                m::WORKER_BATCH_DURATION_SECONDS,
+                "Decoding and applying one batch.",
+            ),
+            &["topic"],
+        )?;
         for c in [&records_in] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -124,8 +148,19 @@ pub struct Worker {
 
 impl Worker {
     /// A worker with empty state.
-    pub fn new(cfg: &Config, bootstrap: &str, tables: Tables, metrics: WorkerMetrics, dead_letters: DeadLetterSink, readiness: Readiness) -> Self {
-        readiness.set(READINESS, false, "starting: reading the input partitions to their end");
+    pub fn new(
+        cfg: &Config,
+        bootstrap: &str,
+        tables: Tables,
+        metrics: WorkerMetrics,
+        dead_letters: DeadLetterSink,
+        readiness: Readiness,
+    ) -> Self {
+        readiness.set(
+            READINESS,
+            false,
+            "starting: reading the input partitions to their end",
+        );
         let w = &cfg.worker;
         Worker {
             topic: cfg.topic_name(id::POS),
@@ -153,7 +188,10 @@ impl Worker {
     /// This worker's partitions of the POS topic, waiting for the topic's
     /// metadata if the broker does not have it yet.
     fn my_partitions(&self, consumer: &BaseConsumer, stop: &AtomicBool) -> Result<Vec<i32>> {
-        let (i, n) = (self.cfg.worker.instance as i32, self.cfg.worker.instances as i32);
+        let (i, n) = (
+            self.cfg.worker.instance as i32,
+            self.cfg.worker.instances as i32,
+        );
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while !stop.load(Ordering::Relaxed) {
             match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
@@ -170,7 +208,9 @@ impl Worker {
                     }
                     warn!(topic = %self.topic, "Topic has no partitions yet; waiting.");
                 }
-                Err(e) => warn!(topic = %self.topic, error = %e, "Metadata request failed; retrying."),
+                Err(e) => {
+                    warn!(topic = %self.topic, error = %e, "Metadata request failed; retrying.")
+                }
             }
             std::thread::sleep(backoff.next_delay());
         }
@@ -187,7 +227,10 @@ impl Worker {
         }
         let mut tpl = TopicPartitionList::new();
         for &p in &parts {
-            let start = self.state.next_offset(p).map_or(Offset::Beginning, Offset::Offset);
+            let start = self
+                .state
+                .next_offset(p)
+                .map_or(Offset::Beginning, Offset::Offset);
             tpl.add_partition_offset(&self.topic, p, start)?;
         }
         consumer.assign(&tpl)?;
@@ -196,6 +239,7 @@ impl Worker {
         let labels: BTreeMap<i32, String> = parts.iter().map(|p| (*p, p.to_string())).collect();
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut caught_up = false;
+        let mut last_progress = Instant::now();
         let publish_every = Duration::from_millis(self.cfg.worker.publish_interval_ms);
         let mut last_publish = Instant::now();
         let mut dirty = false;
@@ -208,7 +252,9 @@ impl Worker {
             let mut n = 0usize;
             let mut timeout = Duration::from_millis(100);
             while n < max_batch {
-                let Some(msg) = consumer.poll(timeout) else { break };
+                let Some(msg) = consumer.poll(timeout) else {
+                    break;
+                };
                 timeout = Duration::ZERO;
                 match msg {
                     Ok(msg) => {
@@ -225,7 +271,10 @@ impl Worker {
                                 source: self.topic.clone(),
                                 partition: Some(p),
                                 offset: Some(off),
-                                original: String::from_utf8_lossy(msg.payload().unwrap_or_default()).into_owned(),
+                                original: String::from_utf8_lossy(
+                                    msg.payload().unwrap_or_default(),
+                                )
+                                .into_owned(),
                                 rejected_at_ms: now_ms(),
                             }),
                         }
@@ -243,9 +292,15 @@ impl Worker {
                 self.flush_rejects(&rt, &mut rejects, &stop);
             }
             if n > 0 {
-                self.metrics.batch.with_label_values(&[&self.topic]).observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .batch
+                    .with_label_values(&[&self.topic])
+                    .observe(started.elapsed().as_secs_f64());
                 for (p, c) in std::mem::take(&mut counts) {
-                    self.metrics.records_in.with_label_values(&[self.topic.as_str(), &labels[&p]]).inc_by(c);
+                    self.metrics
+                        .records_in
+                        .with_label_values(&[self.topic.as_str(), &labels[&p]])
+                        .inc_by(c);
                 }
             }
             if dirty && last_publish.elapsed() >= publish_every {
@@ -259,11 +314,16 @@ impl Worker {
                 self.publish()?;
                 dirty = false;
                 caught_up = true;
-                self.readiness.set(READINESS, true, format!("caught up; {} records applied", self.state.applied()));
+                self.readiness.set(
+                    READINESS,
+                    true,
+                    format!("caught up; {} records applied", self.state.applied()),
+                );
                 info!(topic = %self.topic, applied = self.state.applied(), "Worker caught up.");
             }
-            if n == 0 || last_publish.elapsed() >= publish_every {
+            if last_progress.elapsed() >= Duration::from_secs(5) {
                 self.observe_progress(&consumer, &labels);
+                last_progress = Instant::now();
             }
         }
         if dirty {
@@ -273,7 +333,12 @@ impl Worker {
         Ok(())
     }
 
-    fn flush_rejects(&self, rt: &tokio::runtime::Handle, rejects: &mut Vec<DeadLetter>, stop: &AtomicBool) {
+    fn flush_rejects(
+        &self,
+        rt: &tokio::runtime::Handle,
+        rejects: &mut Vec<DeadLetter>,
+        stop: &AtomicBool,
+    ) {
         // The batch is not done until its rejects are stored: retry for ever.
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
@@ -299,21 +364,34 @@ impl Worker {
         let batches = self.state.sales().to_batches()?;
         self.tables.daily_sales.publish(batches);
         let name = self.tables.daily_sales.name();
-        self.metrics.publish.with_label_values(&[name]).observe(t.elapsed().as_secs_f64());
-        self.metrics.rows.with_label_values(&[name]).set(self.state.sales().len() as i64);
+        self.metrics
+            .publish
+            .with_label_values(&[name])
+            .observe(t.elapsed().as_secs_f64());
+        self.metrics
+            .rows
+            .with_label_values(&[name])
+            .set(self.state.sales().len() as i64);
         Ok(())
     }
 
     fn observe_progress(&self, consumer: &BaseConsumer, labels: &BTreeMap<i32, String>) {
         for (p, label) in labels {
             let next = self.state.next_offset(*p).unwrap_or(0);
-            self.metrics.offset.with_label_values(&[self.topic.as_str(), label]).set(next);
-            // Cached watermarks, no request. Tansu may report a high
-            // watermark below the true end: clamp at zero.
-            if let Ok((_, high)) = consumer.get_watermark_offsets(&self.topic, *p) {
-                self.metrics.lag.with_label_values(&[self.topic.as_str(), label]).set((high - next).max(0));
+            self.metrics
+                .offset
+                .with_label_values(&[self.topic.as_str(), label])
+                .set(next);
+            // Tansu may report a high watermark below the true end: clamp
+            // at zero. Asked every few seconds, with a short timeout.
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&self.topic, *p, Duration::from_millis(500))
+            {
+                self.metrics
+                    .lag
+                    .with_label_values(&[self.topic.as_str(), label])
+                    .set((high - next).max(0));
             }
         }
-
     }
 }

@@ -1,0 +1,347 @@
+//! Assembling a marktwin process from its parts.
+//!
+//! [`start`] brings up the parts a subcommand asks for, in order: the broker
+//! (embedded Tansu when `kafka.brokers` is empty and the broker is wanted),
+//! topics, the simulator, the edge poller, the worker, and the HTTP listener
+//! with health, readiness, metrics and SQL. [`Running::shutdown`] stops them
+//! in reverse order. `marktwin up` and the integration tests share this code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use marktwin_board::{BoardState, router};
+use marktwin_core::Config;
+use marktwin_core::backoff::Backoff;
+use marktwin_core::health::Readiness;
+use marktwin_edge::sim::{self, PosSim};
+use marktwin_edge::{EdgeMetrics, PosPoller};
+use marktwin_kafka::{DeadLetterSink, EmbeddedBroker, ensure_topics, producer};
+use marktwin_worker::{Tables, Worker, WorkerMetrics};
+use prometheus::Registry;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+/// What can stop a process from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Config is inconsistent with the parts asked for.
+    #[error("{0}")]
+    Config(String),
+    /// Broker, topics or clients.
+    #[error(transparent)]
+    Kafka(#[from] marktwin_kafka::Error),
+    /// Edge setup.
+    #[error(transparent)]
+    Edge(#[from] marktwin_edge::Error),
+    /// Board setup.
+    #[error(transparent)]
+    Board(#[from] marktwin_board::Error),
+    /// Metric registration.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Local files.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Which parts to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// The embedded broker, when no brokers are configured.
+    pub embedded_broker: bool,
+    /// The source simulators.
+    pub simulator: bool,
+    /// The edge pollers.
+    pub edge: bool,
+    /// The stream worker.
+    pub worker: bool,
+}
+
+impl Parts {
+    /// Everything: `marktwin up`.
+    pub const ALL: Parts = Parts {
+        embedded_broker: true,
+        simulator: true,
+        edge: true,
+        worker: true,
+    };
+}
+
+/// A started process.
+pub struct Running {
+    /// Where the HTTP listener (health, metrics, SQL) is.
+    pub http_addr: SocketAddr,
+    /// Where the simulator listens, if it runs.
+    pub simulator_addr: Option<SocketAddr>,
+    /// The bootstrap servers in use.
+    pub bootstrap: String,
+    /// The worker's tables, if the worker runs.
+    pub tables: Option<Tables>,
+    /// Readiness of the parts.
+    pub readiness: Readiness,
+    broker: Option<EmbeddedBroker>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    worker_stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// Starts `parts` with `cfg`; the HTTP listener binds `http_listen`.
+pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<Running, Error> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let readiness = Readiness::default();
+    let registry = Registry::new();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+
+    let needs_kafka = parts.edge || parts.worker;
+    let mut broker = None;
+    let bootstrap = if !needs_kafka {
+        String::new()
+    } else if cfg.embedded_broker() {
+        if !parts.embedded_broker {
+            return Err(Error::Config(
+                "kafka.brokers is empty: set it (MARKTWIN__KAFKA__BROKERS=host:port); only `marktwin up` starts the embedded broker".into(),
+            ));
+        }
+        let b = EmbeddedBroker::start(&cfg).await?;
+        let addr = b.bootstrap();
+        broker = Some(b);
+        addr
+    } else {
+        cfg.kafka.brokers.clone()
+    };
+
+    if needs_kafka {
+        create_topics(&cfg, &bootstrap).await?;
+        tasks.push((
+            "broker-check",
+            tokio::spawn(watch_broker(
+                cfg.clone(),
+                bootstrap.clone(),
+                readiness.clone(),
+                shutdown_rx.clone(),
+            )),
+        ));
+    }
+
+    let mut simulator_addr = None;
+    if parts.simulator && cfg.simulator.enabled {
+        let listener = bind(&cfg.simulator.listen).await?;
+        let addr = listener.local_addr()?;
+        // The edge polls the address actually bound (port 0 picks one).
+        cfg.simulator.listen = addr.to_string();
+        let start_ms = sim::start_ms(&cfg)?;
+        let app = sim::router(Arc::new(PosSim::new(&cfg.simulator, start_ms)));
+        let mut rx = shutdown_rx.clone();
+        tasks.push((
+            "simulator",
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    error!(error = %e, "Simulator server failed.");
+                }
+            }),
+        ));
+        info!(%addr, start_ms, "Simulator listening.");
+        simulator_addr = Some(addr);
+    }
+
+    let producer = if needs_kafka {
+        Some(producer(&cfg, &bootstrap)?)
+    } else {
+        None
+    };
+    let dead_letters = match &producer {
+        Some(p) => Some(DeadLetterSink::new(&cfg, p.clone(), &registry)?),
+        None => None,
+    };
+
+    if parts.edge && cfg.edge.pos.enabled {
+        let (Some(p), Some(d)) = (producer.clone(), dead_letters.clone()) else {
+            unreachable!("edge implies kafka");
+        };
+        let poller = PosPoller::new(
+            &cfg,
+            p,
+            d,
+            EdgeMetrics::register(&registry)?,
+            readiness.clone(),
+        )?;
+        let rx = shutdown_rx.clone();
+        tasks.push((
+            "edge-pos",
+            tokio::spawn(async move {
+                if let Err(e) = poller.run(rx).await {
+                    error!(error = %e, "POS poller stopped with an error.");
+                }
+            }),
+        ));
+    }
+
+    let worker_stop = Arc::new(AtomicBool::new(false));
+    let mut worker = None;
+    let mut tables = None;
+    if parts.worker {
+        let t = Tables::new();
+        let Some(d) = dead_letters.clone() else {
+            unreachable!("worker implies kafka");
+        };
+        let w = Worker::new(
+            &cfg,
+            &bootstrap,
+            t.clone(),
+            WorkerMetrics::register(&registry)?,
+            d,
+            readiness.clone(),
+        );
+        let stop = worker_stop.clone();
+        let rt = tokio::runtime::Handle::current();
+        worker = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = w.run(stop, rt) {
+                error!(error = %e, "Worker stopped with an error.");
+            }
+        }));
+        tables = Some(t);
+    }
+
+    let listener = bind(http_listen).await?;
+    let http_addr = listener.local_addr()?;
+    let table_list = tables.as_ref().map(Tables::all).unwrap_or_default();
+    let app = router(BoardState::new(
+        cfg.board.clone(),
+        table_list,
+        registry,
+        readiness.clone(),
+    )?);
+    let mut rx = shutdown_rx.clone();
+    tasks.push((
+        "http",
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                error!(error = %e, "HTTP server failed.");
+            }
+        }),
+    ));
+    info!(%http_addr, "HTTP listening.");
+
+    Ok(Running {
+        http_addr,
+        simulator_addr,
+        bootstrap,
+        tables,
+        readiness,
+        broker,
+        shutdown,
+        tasks,
+        worker_stop,
+        worker,
+    })
+}
+
+/// Creates missing topics, retrying for up to a minute: a broker that was
+/// just started may still be electing itself.
+async fn create_topics(cfg: &Config, bootstrap: &str) -> Result<(), Error> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match ensure_topics(cfg, bootstrap).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                warn!(error = %e, "Creating topics failed; retrying.");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Keeps the `broker` readiness check current with a metadata request every
+/// five seconds.
+async fn watch_broker(
+    cfg: Config,
+    bootstrap: String,
+    readiness: Readiness,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client = marktwin_kafka::client_config(&cfg, &bootstrap);
+    let consumer: Option<Arc<BaseConsumer>> = client.create().ok().map(Arc::new);
+    while !*shutdown.borrow() {
+        let ok = match consumer.clone() {
+            Some(c) => tokio::task::spawn_blocking(move || {
+                c.fetch_metadata(None, Duration::from_secs(3))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+            None => Err("cannot create a client".into()),
+        };
+        match ok {
+            Ok(()) => readiness.set("broker", true, format!("{bootstrap} answers")),
+            Err(e) => readiness.set("broker", false, format!("{bootstrap}: {e}")),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+impl Running {
+    /// The embedded broker, if this process runs one.
+    pub fn broker(&self) -> Option<&EmbeddedBroker> {
+        self.broker.as_ref()
+    }
+
+    /// Stops every part, the broker last.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.worker_stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.worker.take() {
+            let _ = w.await;
+        }
+        for (name, t) in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                warn!(task = name, "Task did not stop within 10 s.");
+            }
+        }
+        if let Some(b) = self.broker.take() {
+            b.stop().await;
+        }
+    }
+}
