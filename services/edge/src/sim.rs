@@ -150,7 +150,7 @@ impl PosSim {
             "amount": price * qty as f64,
             "paidAt": time.to_rfc3339_opts(SecondsFormat::Millis, true),
         });
-        if mix(self.seed, 9, i) % 2000 == 0 {
+        if mix(self.seed, 9, i).is_multiple_of(2000) {
             match mix(self.seed, 10, i) % 4 {
                 0 => rec["unit"] = json!("bale"),
                 1 => rec["qty"] = json!(-1),

@@ -111,9 +111,7 @@ impl WorkerMetrics {
             ),
             &["topic"],
         )?;
-        for c in [&records_in] {
-            registry.register(Box::new(c.clone()))?;
-        }
+        registry.register(Box::new(records_in.clone()))?;
         for g in [&offset, &lag, &rows] {
             registry.register(Box::new(g.clone()))?;
         }
