@@ -153,21 +153,7 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         cfg.simulator.listen = addr.to_string();
         let start_ms = sim::start_ms(&cfg)?;
         let app = sim::router(Arc::new(PosSim::new(&cfg.simulator, start_ms)));
-        let mut rx = shutdown_rx.clone();
-        tasks.push((
-            "simulator",
-            tokio::spawn(async move {
-                let stop = async move {
-                    let _ = rx.wait_for(|v| *v).await;
-                };
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    error!(error = %e, "Simulator server failed.");
-                }
-            }),
-        ));
+        tasks.push(("simulator", serve(listener, app, shutdown_rx.clone())));
         info!(%addr, start_ms, "Simulator listening.");
         simulator_addr = Some(addr);
     }
@@ -239,21 +225,7 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         registry,
         readiness.clone(),
     )?);
-    let mut rx = shutdown_rx.clone();
-    tasks.push((
-        "http",
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|v| *v).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                error!(error = %e, "HTTP server failed.");
-            }
-        }),
-    ));
+    tasks.push(("http", serve(listener, app, shutdown_rx.clone())));
     info!(%http_addr, "HTTP listening.");
 
     Ok(Running {
@@ -267,6 +239,26 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         tasks,
         worker_stop,
         worker,
+    })
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true, then lets open
+/// requests finish.
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            error!(error = %e, "HTTP server failed.");
+        }
     })
 }
 
