@@ -17,10 +17,7 @@ use marktwin_core::Config;
 use marktwin_edge::pos::map_record;
 use marktwin_edge::pseudonym::Pseudonymiser;
 use marktwin_edge::sim::PosSim;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use marktwin_tests::read_topic;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -159,56 +156,6 @@ async fn wait_for_lines(running: &Running, want: usize) {
     }
 }
 
-/// Every record of `topic`, read from the start: until every partition
-/// reported its end, or, since Tansu does not always report it, until `want`
-/// records arrived and then nothing more for two seconds (so extra records
-/// beyond `want` are still caught).
-fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<Vec<u8>> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "marktwin-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &parts {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut ended = HashSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let mut last = std::time::Instant::now();
-    while ended.len() < parts.len() {
-        if out.len() >= want && last.elapsed() > Duration::from_secs(2) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reading {topic}: {} of {want} records",
-            out.len()
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                out.push(m.payload().unwrap_or_default().to_vec());
-                last = std::time::Instant::now();
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                ended.insert(p);
-            }
-            Some(Err(e)) => panic!("{e}"),
-            None => {}
-        }
-    }
-    out
-}
-
 /// A phone of `phones` written in clear anywhere in `rec`: every window of
 /// eleven digits inside a run of digits is looked up in the set.
 fn clear_text_phone(rec: &[u8], phones: &HashSet<String>) -> Option<String> {
@@ -262,12 +209,16 @@ fn assert_rows_equal(got: &Value, want: &[Value]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pos_sales_flow_from_simulator_to_sql_exactly_once() {
+fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("info,rdkafka=warn")
         .with_test_writer()
         .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pos_sales_flow_from_simulator_to_sql_exactly_once() {
+    init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let exp = expected(&cfg);
@@ -309,7 +260,7 @@ async fn pos_sales_flow_from_simulator_to_sql_exactly_once() {
     );
     assert_eq!(dlq.len(), exp.rejects, "every reject is dead-lettered");
     for d in &dlq {
-        let v: Value = serde_json::from_slice(d).unwrap();
+        let v: Value = serde_json::from_slice(&d.payload).unwrap();
         assert!(
             !v["reason"].as_str().unwrap().is_empty() && !v["detail"].as_str().unwrap().is_empty(),
             "{v}"
@@ -317,8 +268,11 @@ async fn pos_sales_flow_from_simulator_to_sql_exactly_once() {
         assert_eq!(v["stage"], "edge");
     }
     for rec in pos.iter().chain(&dlq) {
-        if let Some(p) = clear_text_phone(rec, &exp.phones) {
-            panic!("clear-text phone {p} in {}", String::from_utf8_lossy(rec));
+        if let Some(p) = clear_text_phone(&rec.payload, &exp.phones) {
+            panic!(
+                "clear-text phone {p} in {}",
+                String::from_utf8_lossy(&rec.payload)
+            );
         }
     }
 
@@ -328,13 +282,11 @@ async fn pos_sales_flow_from_simulator_to_sql_exactly_once() {
 /// The same, then everything restarted on the same data directory: the same
 /// rows, and the topic still holds each record once.
 ///
-/// Ignored for now: the second start (after a first run of the full stack in
-/// the same process) did not reach the expected rows within the wait and the
-/// test did not end; under investigation (see the issue notes). Run with
-/// `cargo test --workspace --test end_to_end -- --ignored`.
-#[ignore = "restart phase hangs; being investigated"]
+/// This is the test that found Tansu deleting every record of a topic whose
+/// `retention.ms` is -1 (see `marktwin_kafka::topics::FOREVER_MS`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pos_sales_survive_a_restart_of_the_whole_stack() {
+    init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let exp = expected(&cfg);

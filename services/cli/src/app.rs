@@ -306,8 +306,18 @@ async fn watch_broker(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.changed() => {}
+            r = shutdown.changed() => if r.is_err() { break },
         }
+    }
+}
+
+/// A `Running` dropped without [`Running::shutdown`] (a panic in a test, an
+/// early return) still stops its tasks and the worker thread, so that the
+/// runtime can end; the broker child is killed by its own drop.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.worker_stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -696,7 +696,7 @@ mod tests {
 
     #[test]
     fn the_example_config_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/marktwin.example.toml");
+        let path = crate::repo_file("deploy/marktwin.example.toml");
         let cfg = Config::load(Some(&path)).unwrap();
         assert_eq!(cfg.worker.utc_offset_minutes, 480);
     }

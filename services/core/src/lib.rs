@@ -24,6 +24,16 @@ pub mod proto_sync;
 pub mod schema;
 pub mod topics;
 
+/// A file of the repository, for tests: found from `CARGO_MANIFEST_DIR` as
+/// cargo sets it when it runs the test, not as it was at compile time
+/// (`env!`), because clones that share one target directory reuse each
+/// other's test binaries and a compiled-in path points at the other clone.
+#[cfg(test)]
+pub(crate) fn repo_file(rel: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run under cargo test");
+    std::path::PathBuf::from(dir).join("../..").join(rel)
+}
+
 pub use config::Config;
 pub use error::{Error, Result};
 

@@ -60,12 +60,10 @@ mod tests {
         out
     }
 
+    const PROTO: &str = "proto/marktwin/v1/events.proto";
+
     fn proto() -> BTreeMap<String, BTreeMap<String, ProtoField>> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../proto/marktwin/v1/events.proto"
-        );
-        parse(&std::fs::read_to_string(path).unwrap())
+        parse(&std::fs::read_to_string(crate::repo_file(PROTO)).unwrap())
     }
 
     /// The proto type a JSON Schema property must have.
@@ -158,11 +156,7 @@ mod tests {
 
     #[test]
     fn proto_enums_list_every_rust_variant() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../proto/marktwin/v1/events.proto"
-        ))
-        .unwrap();
+        let text = std::fs::read_to_string(crate::repo_file(PROTO)).unwrap();
         for k in EventKind::ALL {
             assert!(
                 text.contains(&format!("EVENT_KIND_{} =", k.as_str().to_uppercase())),

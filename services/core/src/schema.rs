@@ -61,7 +61,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn schemas_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+        crate::repo_file("schemas")
     }
 
     /// The checked-in schemas are exactly what the types generate.

@@ -192,7 +192,8 @@ impl PosPoller {
             if !wait.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
+                    // A dropped sender means the process is going away.
+                    r = shutdown.changed() => if r.is_err() { break },
                 }
             }
         }

@@ -10,13 +10,35 @@ use tracing::info;
 
 use crate::error::{Error, Result};
 
+/// "Keep for ever" as sent to the broker: a hundred years.
+///
+/// Kafka reads `retention.ms = -1` as unlimited, but Tansu 0.6 compares it
+/// literally (`now - timestamp > -1`) and its maintenance task deletes every
+/// record of such a topic; seen here as a topic that was empty after a
+/// broker restart (tests/tests/broker_restart.rs). A hundred years means the
+/// same on every broker.
+pub const FOREVER_MS: i64 = 100 * 365 * 24 * 3_600_000;
+
+/// The `retention.ms` value sent for a configured retention: negative
+/// (unlimited) becomes [`FOREVER_MS`].
+pub fn broker_retention_ms(configured: i64) -> i64 {
+    if configured < 0 {
+        FOREVER_MS
+    } else {
+        configured
+    }
+}
+
 /// Creates every declared topic that does not exist yet, with its partition
 /// count and cleanup policy. Existing topics are left as they are.
 pub async fn ensure_topics(cfg: &Config, bootstrap: &str) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = crate::client_config(cfg, bootstrap).create()?;
     let specs = cfg.all_topics();
     let names: Vec<String> = specs.iter().map(|t| cfg.topic_name(t.id)).collect();
-    let retention: Vec<String> = specs.iter().map(|t| t.retention_ms.to_string()).collect();
+    let retention: Vec<String> = specs
+        .iter()
+        .map(|t| broker_retention_ms(t.retention_ms).to_string())
+        .collect();
     let new: Vec<NewTopic<'_>> = specs
         .iter()
         .zip(&names)
@@ -48,4 +70,15 @@ pub async fn ensure_topics(cfg: &Config, bootstrap: &str) -> Result<()> {
     }
     info!(created, declared = names.len(), "Topics ensured.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlimited_retention_is_never_sent_as_minus_one() {
+        assert_eq!(broker_retention_ms(-1), FOREVER_MS);
+        assert_eq!(broker_retention_ms(86_400_000), 86_400_000);
+    }
 }
