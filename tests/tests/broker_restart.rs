@@ -6,17 +6,8 @@ use marktwin_core::Config;
 use marktwin_kafka::{EmbeddedBroker, ensure_topics, produce_all, producer};
 use marktwin_tests::{Record, read_topic};
 
-fn read_all(bootstrap: &str, topic: &str, want: usize) -> Vec<(i32, i64, Vec<u8>)> {
-    let mut v: Vec<_> = read_topic(bootstrap, topic, want)
-        .into_iter()
-        .map(
-            |Record {
-                 partition,
-                 offset,
-                 payload,
-             }| (partition, offset, payload),
-        )
-        .collect();
+fn read_all(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
+    let mut v = read_topic(bootstrap, topic, want);
     v.sort();
     v
 }

@@ -14,6 +14,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 use marktwin::app::{self, Parts, Running};
 use marktwin_core::Config;
+use marktwin_core::codec;
+use marktwin_core::config::TopicOverride;
+use marktwin_core::events::{Envelope, EventKind, PosTransaction};
+use marktwin_core::topics::Encoding;
 use marktwin_edge::pos::map_record;
 use marktwin_edge::pseudonym::Pseudonymiser;
 use marktwin_edge::sim::PosSim;
@@ -218,9 +222,26 @@ fn init_tracing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pos_sales_flow_from_simulator_to_sql_exactly_once() {
+    pos_sales_flow(Encoding::Json).await;
+}
+
+/// The same flow with the POS topic encoded as protobuf (`marktwin.v1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pos_sales_flow_with_protobuf_on_the_pos_topic() {
+    pos_sales_flow(Encoding::Protobuf).await;
+}
+
+async fn pos_sales_flow(encoding: Encoding) {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+    let mut cfg = config(dir.path());
+    cfg.topics.insert(
+        "pos".into(),
+        TopicOverride {
+            encoding: Some(encoding),
+            ..TopicOverride::default()
+        },
+    );
     let exp = expected(&cfg);
     assert!(
         exp.good.len() > 20_000 && exp.rejects > 0,
@@ -258,6 +279,11 @@ async fn pos_sales_flow_from_simulator_to_sql_exactly_once() {
         exp.good.len(),
         "the POS topic holds each good record once"
     );
+    for rec in &pos {
+        assert_eq!(Encoding::detect(&rec.payload), encoding);
+        let env: Envelope<PosTransaction> = codec::decode(&rec.payload, encoding).unwrap();
+        assert_eq!(env.kind, EventKind::PosTransaction);
+    }
     assert_eq!(dlq.len(), exp.rejects, "every reject is dead-lettered");
     for d in &dlq {
         let v: Value = serde_json::from_slice(&d.payload).unwrap();

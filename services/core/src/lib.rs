@@ -15,6 +15,7 @@
 //! builds on the contracts compiles and tests quickly.
 
 pub mod backoff;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod events;

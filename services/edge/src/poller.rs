@@ -11,11 +11,12 @@
 use std::time::{Duration, Instant};
 
 use marktwin_core::backoff::Backoff;
+use marktwin_core::codec;
 use marktwin_core::config::HttpPollerConfig;
 use marktwin_core::events::{DeadLetter, Envelope};
 use marktwin_core::health::Readiness;
 use marktwin_core::metrics as m;
-use marktwin_core::topics::id;
+use marktwin_core::topics::{Encoding, id};
 use marktwin_core::{Config, now_ms};
 use marktwin_kafka::{DeadLetterSink, produce_all};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -95,6 +96,7 @@ pub struct PosPoller {
     url: String,
     auth: Option<String>,
     topic: String,
+    encoding: Encoding,
     producer: FutureProducer,
     dead_letters: DeadLetterSink,
     http: reqwest::Client,
@@ -138,6 +140,7 @@ impl PosPoller {
             url: cfg.pos_url(),
             auth,
             topic: cfg.topic_name(id::POS),
+            encoding: cfg.topic(id::POS).encoding,
             producer,
             dead_letters,
             http,
@@ -240,7 +243,8 @@ impl PosPoller {
             match map_record(raw, &self.pseudo) {
                 Ok(t) => {
                     let env = Envelope::wrap(source, ingest, t);
-                    let bytes = serde_json::to_vec(&env).map_err(|e| src_err(e.to_string()))?;
+                    let bytes =
+                        codec::encode(&env, self.encoding).map_err(|e| src_err(e.to_string()))?;
                     good.push((env.key, bytes));
                 }
                 Err(r) => rejects.push(DeadLetter {

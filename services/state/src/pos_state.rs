@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use marktwin_core::codec;
 use marktwin_core::config::UnitsConfig;
 use marktwin_core::events::{Envelope, EventKind, PosTransaction};
 
@@ -100,14 +101,15 @@ impl PosState {
         }
     }
 
-    /// Decodes and applies the record at `partition`/`offset`.
+    /// Decodes (JSON or protobuf, recognised per record) and applies the
+    /// record at `partition`/`offset`.
     pub fn apply(&mut self, partition: i32, offset: i64, value: &[u8]) -> Applied {
         let next = self.next_offset.entry(partition).or_insert(0);
         if offset < *next {
             return Applied::ReplayedOffset;
         }
         *next = offset + 1;
-        let env: Envelope<PosTransaction> = match serde_json::from_slice(value) {
+        let env: Envelope<PosTransaction> = match codec::decode_any(value) {
             Ok(e) => e,
             Err(e) => {
                 return Applied::Rejected(Rejected {
@@ -159,6 +161,7 @@ impl PosState {
 mod tests {
     use super::*;
     use marktwin_core::events::Unit;
+    use marktwin_core::topics::Encoding;
 
     fn rec(order: &str) -> Vec<u8> {
         let t = PosTransaction {
@@ -210,6 +213,22 @@ mod tests {
         }
         assert_eq!(s.next_offset(0), Some(2));
         assert_eq!(s.applied(), 0);
+    }
+
+    #[test]
+    fn protobuf_records_apply_like_json() {
+        let mut s = PosState::new(UnitsConfig::default(), 0, 100);
+        let env: serde_json::Value = serde_json::from_slice(&rec("A")).unwrap();
+        let pb = codec::encode(&env, Encoding::Protobuf).unwrap();
+        assert_eq!(s.apply(0, 0, &pb), Applied::Applied);
+        // The same event as JSON is recognised as the same event.
+        assert_eq!(s.apply(0, 1, &rec("A")), Applied::DuplicateEvent);
+        match s.apply(0, 2, b"\x0a\xff") {
+            Applied::Rejected(r) => assert_eq!(r.reason, "decode"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.applied(), 1);
+        assert_eq!(s.next_offset(0), Some(3));
     }
 
     #[test]
