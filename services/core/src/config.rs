@@ -231,6 +231,8 @@ pub struct EdgeConfig {
     pub listen: String,
     /// The cloud-POS poller.
     pub pos: HttpPollerConfig,
+    /// Modbus TCP devices.
+    pub modbus: crate::modbus::ModbusConfig,
 }
 
 impl Default for EdgeConfig {
@@ -238,6 +240,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             listen: "127.0.0.1:8093".into(),
             pos: HttpPollerConfig::default(),
+            modbus: crate::modbus::ModbusConfig::default(),
         }
     }
 }
@@ -390,6 +393,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", "must not be empty"));
         }
+        self.edge.modbus.validate()?;
         for b in self
             .kafka
             .brokers

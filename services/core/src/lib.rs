@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod modbus;
 pub mod proto_sync;
 pub mod schema;
 pub mod topics;

@@ -11,6 +11,7 @@
 
 pub mod cursor;
 pub mod error;
+pub mod modbus;
 pub mod poller;
 pub mod pos;
 pub mod pseudonym;
