@@ -5,7 +5,10 @@
 #  - a Rust toolchain (cargo) must already be there;
 #  - the Tansu broker: `cargo install tansu --locked --features libsql,dynostore`
 #    into ~/.cargo/bin (about 12 minutes the first time);
-#  - C build tools for librdkafka (gcc, make, cmake is not needed).
+#  - C build tools for librdkafka (gcc, make, cmake is not needed);
+#  - the Python protocol peers of the tests (pymodbus, asyncua) in a venv at
+#    $MARKTWIN_VENV (default ~/.cache/marktwin/venv), from
+#    tests/peers/requirements.txt.
 set -euo pipefail
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
@@ -43,3 +46,21 @@ if ! command -v tansu >/dev/null 2>&1; then
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore
 fi
 log "Tansu: $(command -v tansu)"
+
+export MARKTWIN_VENV="${MARKTWIN_VENV:-$HOME/.cache/marktwin/venv}"
+peers_req="tests/peers/requirements.txt"
+peers_stamp="$MARKTWIN_VENV/.marktwin-requirements"
+if [ ! -x "$MARKTWIN_VENV/bin/python" ] || ! cmp -s "$peers_req" "$peers_stamp"; then
+  log "Installing the Python test peers into $MARKTWIN_VENV ..."
+  if ! python3 -m venv "$MARKTWIN_VENV" 2>/dev/null; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      python3 -m venv "$MARKTWIN_VENV"
+    else
+      log "python3 -m venv failed: install python3-venv and run this again."
+      exit 1
+    fi
+  fi
+  "$MARKTWIN_VENV/bin/pip" install -q --disable-pip-version-check -r "$peers_req"
+  cp "$peers_req" "$peers_stamp"
+fi

@@ -2,6 +2,9 @@
 //! back from the broker the way a subscriber would.
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -72,4 +75,79 @@ pub fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
         }
     }
     out
+}
+
+/// The Python of the venv that `deploy/local/setup.sh` fills with the test
+/// peers (`pymodbus`, `asyncua`): `$MARKTWIN_VENV/bin/python`, by default
+/// under `~/.cache/marktwin/venv`.
+pub fn peer_python() -> PathBuf {
+    let venv = std::env::var_os("MARKTWIN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/marktwin/venv")
+        });
+    let py = venv.join("bin/python");
+    assert!(
+        py.is_file(),
+        "{} is missing: run ./deploy/local/setup.sh (or ./deploy/local/test.sh), which installs the Python test peers",
+        py.display()
+    );
+    py
+}
+
+/// A peer process (a Python server from `tests/peers/`), killed on drop.
+pub struct Peer {
+    child: Child,
+}
+
+impl Peer {
+    /// Starts `tests/peers/<script>` with `args` and waits until it prints
+    /// `READY`.
+    pub fn start(script: &str, args: &[&str]) -> Peer {
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run under cargo test");
+        let path = PathBuf::from(dir).join("peers").join(script);
+        let mut child = Command::new(peer_python())
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.trim() == "READY" => break,
+                Some(Ok(_)) => {}
+                _ => {
+                    let status = child.wait();
+                    panic!("{script} ended before READY: {status:?}");
+                }
+            }
+        }
+        // Keep draining stdout so the peer never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Peer { child }
+    }
+
+    /// Kills the peer at once (SIGKILL) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

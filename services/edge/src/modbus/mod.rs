@@ -6,3 +6,4 @@
 
 pub mod decode;
 pub mod plan;
+pub mod reader;
