@@ -171,6 +171,11 @@ impl DeviceReader {
         }
     }
 
+    /// A Bad reading carrying the device's exception code.
+    fn refused(&self, i: usize, code: ExceptionCode) -> TelemetryReading {
+        self.reading(i, now_ms(), None, Some(u32::from(u8::from(code))))
+    }
+
     fn decode(
         &self,
         read_tags: &[(usize, u16)],
@@ -220,14 +225,7 @@ impl DeviceReader {
                         c.requests += 1;
                         match self.request(tag.area, tag.address, tag.width()).await {
                             Ok(Ok(o)) => self.decode(&[(i, 0)], &o, now_ms(), &mut c.readings),
-                            Ok(Err(code)) => {
-                                c.readings.push(self.reading(
-                                    i,
-                                    now_ms(),
-                                    None,
-                                    Some(u32::from(u8::from(code))),
-                                ));
-                            }
+                            Ok(Err(code)) => c.readings.push(self.refused(i, code)),
                             Err(e) => {
                                 self.broken(&e, &reads[n..], &mut c);
                                 return c;
@@ -236,13 +234,7 @@ impl DeviceReader {
                     }
                 }
                 Ok(Err(code)) => {
-                    let (i, _) = read.tags[0];
-                    c.readings.push(self.reading(
-                        i,
-                        now_ms(),
-                        None,
-                        Some(u32::from(u8::from(code))),
-                    ));
+                    c.readings.push(self.refused(read.tags[0].0, code));
                 }
                 Err(e) => {
                     self.broken(&e, &reads[n..], &mut c);
