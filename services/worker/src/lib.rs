@@ -312,15 +312,15 @@ impl Worker {
                 self.publish()?;
                 dirty = false;
                 caught_up = true;
-                self.readiness.set(
-                    READINESS,
-                    true,
-                    format!("caught up; {} records applied", self.state.applied()),
-                );
+                self.report_ready();
                 info!(topic = %self.topic, applied = self.state.applied(), "Worker caught up.");
             }
             if last_progress.elapsed() >= Duration::from_secs(5) {
                 self.observe_progress(&consumer, &labels);
+                if caught_up {
+                    // Keep the reason current, not the count at catch-up.
+                    self.report_ready();
+                }
                 last_progress = Instant::now();
             }
         }
@@ -371,6 +371,14 @@ impl Worker {
             .with_label_values(&[name])
             .set(self.state.sales().len() as i64);
         Ok(())
+    }
+
+    fn report_ready(&self) {
+        self.readiness.set(
+            READINESS,
+            true,
+            format!("caught up; {} records applied", self.state.applied()),
+        );
     }
 
     fn observe_progress(&self, consumer: &BaseConsumer, labels: &BTreeMap<i32, String>) {
