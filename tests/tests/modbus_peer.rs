@@ -6,10 +6,15 @@
 
 use std::collections::BTreeMap;
 
+use marktwin::app::{self, Parts};
+use marktwin_core::Config;
+use marktwin_core::codec;
+use marktwin_core::events::Envelope;
 use marktwin_core::events::{Quality, TelemetryReading};
 use marktwin_core::modbus::{Area, ByteOrder, DataType, ModbusDevice, ModbusTag};
 use marktwin_edge::modbus::reader::{DeviceReader, STATUS_NO_RESPONSE};
-use marktwin_tests::{Peer, free_port};
+use marktwin_kafka::EmbeddedBroker;
+use marktwin_tests::{Peer, free_port, read_topic};
 
 fn tag(name: &str, area: Area, address: u16, data_type: DataType, order: ByteOrder) -> ModbusTag {
     ModbusTag {
@@ -139,4 +144,97 @@ async fn reads_every_type_from_pymodbus_and_survives_a_peer_restart() {
     let r = good.expect("the reader reconnected to the restarted peer");
     assert_eq!(r["f64"].value, Some(-2.5e10));
     assert_eq!(r["counter"].quality, Quality::Good);
+}
+
+/// Waits until readiness check `name` is `want`.
+async fn wait_ready(r: &marktwin_core::health::Readiness, name: &str, want: bool) {
+    for _ in 0..300 {
+        if r.report().iter().any(|(n, ok, _)| n == name && *ok == want) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{name} never became {want}: {:?}", r.report());
+}
+
+/// The whole edge path: `marktwin up`'s broker and Modbus poller read the
+/// pymodbus peer into the telemetry topic; the peer is killed (its tags turn
+/// Bad, the source not ready) and restarted, and Good readings resume with
+/// no action. Every reading is on the topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_reach_the_telemetry_topic_and_resume_after_a_peer_restart() {
+    let port = free_port();
+    let port_s = port.to_string();
+    let peer = Peer::start("modbus_server.py", &[&port_s]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    cfg.edge.pos.enabled = false;
+    // The broker runs apart from the edge, so the edge can be stopped and
+    // the topic read to its end.
+    let broker = EmbeddedBroker::start(&cfg).await.unwrap();
+    cfg.kafka.brokers = broker.bootstrap();
+    let mut dev = device(port);
+    dev.poll_interval_ms = 200;
+    dev.max_backoff_ms = 500;
+    cfg.edge.modbus.devices = vec![dev];
+    cfg.validate().unwrap();
+    let parts = Parts {
+        embedded_broker: false,
+        simulator: false,
+        edge: true,
+        worker: false,
+    };
+    let running = app::start(cfg.clone(), parts, "127.0.0.1:0").await.unwrap();
+    let check = "source_modbus:peer";
+    wait_ready(&running.readiness, check, true).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let killed_at = marktwin_core::now_ms();
+    peer.kill();
+    wait_ready(&running.readiness, check, false).await;
+    let _peer = Peer::start("modbus_server.py", &[&port_s]);
+    wait_ready(&running.readiness, check, true).await;
+    let back_at = marktwin_core::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+
+    running.shutdown().await;
+    let bootstrap = broker.bootstrap();
+    let topic = cfg.topic_name("telemetry");
+    let recs = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 1))
+        .await
+        .unwrap();
+    broker.stop().await;
+
+    let envs: Vec<Envelope<TelemetryReading>> = recs
+        .iter()
+        .map(|r| codec::decode_any(&r.payload).unwrap())
+        .collect();
+    let ids: std::collections::HashSet<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids.len(), envs.len(), "every reading is on the topic once");
+    assert!(
+        envs.iter()
+            .all(|e| e.source == "modbus:peer" && e.key == "line-1")
+    );
+    let f64_at = |good: bool, from: i64, to: i64| {
+        envs.iter().any(|e| {
+            let p = &e.payload;
+            let t = p.source_time_ms.unwrap();
+            p.tag == "f64" && (p.quality == Quality::Good) == good && t >= from && t < to
+        })
+    };
+    assert!(f64_at(true, 0, killed_at), "Good readings before the kill");
+    assert!(
+        f64_at(false, killed_at, back_at),
+        "Bad readings while the peer is down"
+    );
+    assert!(
+        f64_at(true, back_at, i64::MAX),
+        "Good readings again after the restart"
+    );
+    assert!(
+        envs.iter()
+            .any(|e| e.payload.tag == "missing" && e.payload.status_code == Some(2))
+    );
 }

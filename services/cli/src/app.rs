@@ -15,6 +15,7 @@ use marktwin_board::{BoardState, router};
 use marktwin_core::Config;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
+use marktwin_edge::modbus::poller::ModbusPoller;
 use marktwin_edge::sim::{self, PosSim};
 use marktwin_edge::{EdgeMetrics, PosPoller};
 use marktwin_kafka::{DeadLetterSink, EmbeddedBroker, ensure_topics, producer};
@@ -168,26 +169,25 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         None => None,
     };
 
+    let edge_metrics = if parts.edge {
+        Some(EdgeMetrics::register(&registry)?)
+    } else {
+        None
+    };
+    if let (Some(m), Some(p)) = (&edge_metrics, &producer) {
+        for dev in cfg.edge.modbus.devices.clone() {
+            let poller = ModbusPoller::new(&cfg, dev, p.clone(), m.clone(), readiness.clone());
+            tasks.push(logged("edge-modbus", poller.run(shutdown_rx.clone())));
+        }
+    }
+
     if parts.edge && cfg.edge.pos.enabled {
-        let (Some(p), Some(d)) = (producer.clone(), dead_letters.clone()) else {
+        let (Some(p), Some(d), Some(m)) = (producer.clone(), dead_letters.clone(), edge_metrics)
+        else {
             unreachable!("edge implies kafka");
         };
-        let poller = PosPoller::new(
-            &cfg,
-            p,
-            d,
-            EdgeMetrics::register(&registry)?,
-            readiness.clone(),
-        )?;
-        let rx = shutdown_rx.clone();
-        tasks.push((
-            "edge-pos",
-            tokio::spawn(async move {
-                if let Err(e) = poller.run(rx).await {
-                    error!(error = %e, "POS poller stopped with an error.");
-                }
-            }),
-        ));
+        let poller = PosPoller::new(&cfg, p, d, m, readiness.clone())?;
+        tasks.push(logged("edge-pos", poller.run(shutdown_rx.clone())));
     }
 
     let worker_stop = Arc::new(AtomicBool::new(false));
@@ -240,6 +240,20 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         worker_stop,
         worker,
     })
+}
+
+/// Spawns a part's task; an error that ends it is logged with the part's
+/// name.
+fn logged<E: std::fmt::Display>(
+    name: &'static str,
+    task: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> (&'static str, JoinHandle<()>) {
+    let handle = tokio::spawn(async move {
+        if let Err(e) = task.await {
+            error!(part = name, error = %e, "Part stopped with an error.");
+        }
+    });
+    (name, handle)
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true, then lets open

@@ -7,25 +7,25 @@ use std::sync::{Arc, Mutex};
 /// updates it; `/readyz` reports all of them with their reasons.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
-    checks: Arc<Mutex<BTreeMap<&'static str, (bool, String)>>>,
+    checks: Arc<Mutex<BTreeMap<String, (bool, String)>>>,
 }
 
 impl Readiness {
     /// Sets check `name` to `ready` with `reason`.
-    pub fn set(&self, name: &'static str, ready: bool, reason: impl Into<String>) {
+    pub fn set(&self, name: impl Into<String>, ready: bool, reason: impl Into<String>) {
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name, (ready, reason.into()));
+            .insert(name.into(), (ready, reason.into()));
     }
 
     /// All checks: `(name, ready, reason)`.
-    pub fn report(&self) -> Vec<(&'static str, bool, String)> {
+    pub fn report(&self) -> Vec<(String, bool, String)> {
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(k, (r, why))| (*k, *r, why.clone()))
+            .map(|(k, (r, why))| (k.clone(), *r, why.clone()))
             .collect()
     }
 

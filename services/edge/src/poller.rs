@@ -33,11 +33,11 @@ use crate::sim::Page;
 /// The edge's metrics.
 #[derive(Clone)]
 pub struct EdgeMetrics {
-    read: IntCounterVec,
-    produced: IntCounterVec,
-    errors: IntCounterVec,
-    duration: HistogramVec,
-    up: IntGaugeVec,
+    pub(crate) read: IntCounterVec,
+    pub(crate) produced: IntCounterVec,
+    pub(crate) errors: IntCounterVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) up: IntGaugeVec,
 }
 
 impl EdgeMetrics {
