@@ -347,3 +347,100 @@ async fn pos_sales_survive_a_restart_of_the_whole_stack() {
     );
     running.shutdown().await;
 }
+
+/// Scrapes `name` from the process's `/metrics`.
+async fn metric(running: &Running, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The broker is stopped for longer than librdkafka's `message.timeout.ms`
+/// while the simulator keeps releasing sales in real time: the edge spools
+/// to disk, sends everything in order when the broker is back, and the
+/// worker's table equals the batch recomputation (nothing lost, nothing
+/// counted twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pos_sales_survive_a_broker_outage_longer_than_the_message_timeout() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let now = marktwin_core::now_ms();
+    // 30 s of history, then 25 s released in real time.
+    cfg.simulator.start_ms = Some(now - 30_000);
+    cfg.simulator.end_ms = Some(now + 25_000);
+    cfg.simulator.pos_lines_per_sec = 300.0;
+    cfg.edge.pos.poll_interval_ms = 200;
+    cfg.edge.spool.direct_timeout_ms = 2_000;
+    cfg.edge.spool.fsync = "always".into();
+    // Shorter than the outage below, so librdkafka gives up on what it holds.
+    cfg.kafka
+        .client
+        .insert("message.timeout.ms".into(), "4000".into());
+    cfg.kafka.embedded_port = marktwin_kafka::broker::free_port().unwrap();
+    let exp = expected(&cfg);
+    let want = batch_daily_sales(&cfg, &exp.good).await;
+
+    let broker = marktwin_kafka::EmbeddedBroker::start(&cfg).await.unwrap();
+    let mut app_cfg = cfg.clone();
+    app_cfg.kafka.brokers = broker.bootstrap();
+    let parts = Parts {
+        embedded_broker: false,
+        ..Parts::ALL
+    };
+    let running = app::start(app_cfg, parts, "127.0.0.1:0").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    broker.stop().await;
+    let mut spooled_max = 0.0f64;
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        spooled_max = spooled_max.max(metric(&running, "marktwin_edge_spool_bytes").await);
+    }
+    assert!(
+        spooled_max > 0.0,
+        "the edge spooled while the broker was away"
+    );
+    let broker = marktwin_kafka::EmbeddedBroker::start(&cfg).await.unwrap();
+
+    // Wait for the end of the data, the spool to drain and the worker to
+    // have every line.
+    tokio::time::sleep(Duration::from_millis(
+        (cfg.simulator.end_ms.unwrap() - marktwin_core::now_ms()).max(0) as u64,
+    ))
+    .await;
+    wait_for_lines(&running, exp.good.len()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let query = "SELECT CAST(day AS VARCHAR) AS day, store_code, sku_code, lines, quantity, amount \
+                 FROM pos_daily_sales ORDER BY day, store_code, sku_code";
+    assert_rows_equal(&sql(&running, query).await, &want);
+    assert_eq!(metric(&running, "marktwin_edge_spool_bytes").await, 0.0);
+
+    let bootstrap = broker.bootstrap();
+    let topic = cfg.topic_name("pos");
+    let want_pos = exp.good.len();
+    let pos = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, want_pos))
+        .await
+        .unwrap();
+    let ids: HashSet<String> = pos
+        .iter()
+        .map(|r| {
+            codec::decode_any::<Envelope<PosTransaction>>(&r.payload)
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    assert_eq!(
+        ids.len(),
+        exp.good.len(),
+        "every good record reached the topic"
+    );
+    running.shutdown().await;
+    broker.stop().await;
+}

@@ -17,6 +17,8 @@ use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
 use marktwin_edge::modbus::poller::ModbusPoller;
 use marktwin_edge::sim::{self, PosSim};
+use marktwin_edge::sink::{MakeProducer, Sink};
+use marktwin_edge::spool::{Spool, SpoolConfig};
 use marktwin_edge::{EdgeMetrics, PosPoller};
 use marktwin_kafka::{DeadLetterSink, EmbeddedBroker, ensure_topics, producer};
 use marktwin_worker::{Tables, Worker, WorkerMetrics};
@@ -169,24 +171,43 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         None => None,
     };
 
-    let edge_metrics = if parts.edge {
-        Some(EdgeMetrics::register(&registry)?)
-    } else {
-        None
+    // The edge's pollers share one sink: straight to the broker, or into the
+    // disk spool while the broker is away; one task drains the spool.
+    let edge = match (&producer, parts.edge) {
+        (Some(_), true) => {
+            let dir = cfg.data_dir.join("spool").join("edge");
+            let spool = Spool::open(&dir, SpoolConfig::from_config(&cfg.edge.spool))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let make: MakeProducer = {
+                let (cfg, bootstrap) = (cfg.clone(), bootstrap.clone());
+                Arc::new(move || marktwin_kafka::producer(&cfg, &bootstrap).ok())
+            };
+            let sink = Sink::new(
+                make,
+                spool,
+                Duration::from_millis(cfg.edge.spool.direct_timeout_ms),
+                &registry,
+            )?;
+            tasks.push((
+                "edge-spool",
+                tokio::spawn(sink.clone().drain(shutdown_rx.clone())),
+            ));
+            Some((sink, EdgeMetrics::register(&registry)?))
+        }
+        _ => None,
     };
-    if let (Some(m), Some(p)) = (&edge_metrics, &producer) {
+    if let Some((sink, m)) = &edge {
         for dev in cfg.edge.modbus.devices.clone() {
-            let poller = ModbusPoller::new(&cfg, dev, p.clone(), m.clone(), readiness.clone());
+            let poller = ModbusPoller::new(&cfg, dev, sink.clone(), m.clone(), readiness.clone());
             tasks.push(logged("edge-modbus", poller.run(shutdown_rx.clone())));
         }
     }
 
     if parts.edge && cfg.edge.pos.enabled {
-        let (Some(p), Some(d), Some(m)) = (producer.clone(), dead_letters.clone(), edge_metrics)
-        else {
+        let (Some((sink, m)), Some(d)) = (edge.clone(), dead_letters.clone()) else {
             unreachable!("edge implies kafka");
         };
-        let poller = PosPoller::new(&cfg, p, d, m, readiness.clone())?;
+        let poller = PosPoller::new(&cfg, sink, d, m, readiness.clone())?;
         tasks.push(logged("edge-pos", poller.run(shutdown_rx.clone())));
     }
 

@@ -233,6 +233,40 @@ pub struct EdgeConfig {
     pub pos: HttpPollerConfig,
     /// Modbus TCP devices.
     pub modbus: crate::modbus::ModbusConfig,
+    /// The disk spool that holds records while the broker is away.
+    pub spool: SpoolConfig,
+}
+
+/// The edge's disk spool (`<data_dir>/spool/edge`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Largest size of records waiting for the broker; beyond it the edge
+    /// stops reading its sources until the broker takes records again.
+    pub max_bytes: u64,
+    /// Size of one segment file.
+    pub segment_bytes: u64,
+    /// `always` (fsync every append), `interval` (at most every
+    /// `fsync_interval_ms`), or `never` (the OS decides).
+    pub fsync: String,
+    /// For `fsync = "interval"`.
+    pub fsync_interval_ms: u64,
+    /// How long a direct send may wait for the broker before its records
+    /// go to the spool instead; keep it well below librdkafka's
+    /// `message.timeout.ms` (300 s).
+    pub direct_timeout_ms: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: 1 << 30,
+            segment_bytes: 16 << 20,
+            fsync: "interval".into(),
+            fsync_interval_ms: 200,
+            direct_timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -241,6 +275,7 @@ impl Default for EdgeConfig {
             listen: "127.0.0.1:8093".into(),
             pos: HttpPollerConfig::default(),
             modbus: crate::modbus::ModbusConfig::default(),
+            spool: SpoolConfig::default(),
         }
     }
 }
@@ -394,6 +429,22 @@ impl Config {
             return Err(bad("data_dir", "must not be empty"));
         }
         self.edge.modbus.validate()?;
+        let sp = &self.edge.spool;
+        if !["always", "interval", "never"].contains(&sp.fsync.as_str()) {
+            return Err(bad(
+                "edge.spool.fsync",
+                format!("`{}` is not one of always, interval, never", sp.fsync),
+            ));
+        }
+        if sp.segment_bytes == 0 || sp.max_bytes < sp.segment_bytes {
+            return Err(bad(
+                "edge.spool.max_bytes",
+                "must be at least edge.spool.segment_bytes, which must be > 0",
+            ));
+        }
+        if sp.direct_timeout_ms == 0 {
+            return Err(bad("edge.spool.direct_timeout_ms", "must be > 0"));
+        }
         for b in self
             .kafka
             .brokers

@@ -17,6 +17,8 @@ pub const EDGE_POLL_ERRORS_TOTAL: &str = "marktwin_edge_poll_errors_total";
 pub const EDGE_POLL_DURATION_SECONDS: &str = "marktwin_edge_poll_duration_seconds";
 /// Whether a source is connected (1) or not (0), label `source`.
 pub const EDGE_SOURCE_UP: &str = "marktwin_edge_source_up";
+/// Bytes in the edge's disk spool waiting for the broker.
+pub const EDGE_SPOOL_BYTES: &str = "marktwin_edge_spool_bytes";
 
 /// Records consumed by the worker, labels `topic`, `partition`.
 pub const WORKER_RECORDS_IN_TOTAL: &str = "marktwin_worker_records_in_total";

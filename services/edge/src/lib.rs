@@ -16,6 +16,7 @@ pub mod poller;
 pub mod pos;
 pub mod pseudonym;
 pub mod sim;
+pub mod sink;
 pub mod spool;
 
 pub use error::{Error, Result};

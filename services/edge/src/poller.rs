@@ -18,9 +18,8 @@ use marktwin_core::health::Readiness;
 use marktwin_core::metrics as m;
 use marktwin_core::topics::{Encoding, id};
 use marktwin_core::{Config, now_ms};
-use marktwin_kafka::{DeadLetterSink, produce_all};
+use marktwin_kafka::DeadLetterSink;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -29,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::pos::map_record;
 use crate::pseudonym::Pseudonymiser;
 use crate::sim::Page;
+use crate::sink::Sink;
 
 /// The edge's metrics.
 #[derive(Clone)]
@@ -97,7 +97,7 @@ pub struct PosPoller {
     auth: Option<String>,
     topic: String,
     encoding: Encoding,
-    producer: FutureProducer,
+    sink: Sink,
     dead_letters: DeadLetterSink,
     http: reqwest::Client,
     cursor: CursorStore,
@@ -111,7 +111,7 @@ impl PosPoller {
     /// the environment variable named by `edge.pos.auth_header_env`.
     pub fn new(
         cfg: &Config,
-        producer: FutureProducer,
+        sink: Sink,
         dead_letters: DeadLetterSink,
         metrics: EdgeMetrics,
         readiness: Readiness,
@@ -141,7 +141,7 @@ impl PosPoller {
             auth,
             topic: cfg.topic_name(id::POS),
             encoding: cfg.topic(id::POS).encoding,
-            producer,
+            sink,
             dead_letters,
             http,
             cursor: CursorStore::new(&cfg.data_dir, &p.source)?,
@@ -263,17 +263,18 @@ impl PosPoller {
             .read
             .with_label_values(&[source])
             .inc_by(page.records.len() as u64);
-        let produce_err = |e: marktwin_kafka::Error| Error::Produce {
-            topic: self.topic.clone(),
-            detail: e.to_string(),
-        };
-        produce_all(&self.producer, &self.topic, &good)
+        let letters = DeadLetterSink::records(&rejects);
+        self.sink
+            .send(&[
+                (self.topic.as_str(), &good),
+                (self.dead_letters.topic(), &letters),
+            ])
             .await
-            .map_err(produce_err)?;
-        self.dead_letters
-            .send(&rejects)
-            .await
-            .map_err(produce_err)?;
+            .map_err(|e| Error::Produce {
+                topic: self.topic.clone(),
+                detail: e.to_string(),
+            })?;
+        self.dead_letters.count(&rejects);
         self.metrics
             .produced
             .with_label_values(&[source, &self.topic])

@@ -58,6 +58,22 @@ pub struct SpoolConfig {
     pub fsync_interval: Duration,
 }
 
+impl SpoolConfig {
+    /// From the validated `[edge.spool]` section.
+    pub fn from_config(c: &marktwin_core::config::SpoolConfig) -> Self {
+        SpoolConfig {
+            max_bytes: c.max_bytes,
+            segment_bytes: c.segment_bytes,
+            fsync: match c.fsync.as_str() {
+                "always" => Fsync::Always,
+                "never" => Fsync::Never,
+                _ => Fsync::Interval,
+            },
+            fsync_interval: Duration::from_millis(c.fsync_interval_ms),
+        }
+    }
+}
+
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {

@@ -107,26 +107,35 @@ impl DeadLetterSink {
         })
     }
 
-    /// Sends `letters` and waits for the broker's acknowledgement.
-    pub async fn send(&self, letters: &[DeadLetter]) -> Result<()> {
-        if letters.is_empty() {
-            return Ok(());
-        }
-        let records: Vec<(String, Vec<u8>)> = letters
+    /// The dead-letter topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// `letters` as `(key, JSON)` records for the dead-letter topic.
+    pub fn records(letters: &[DeadLetter]) -> Vec<(String, Vec<u8>)> {
+        letters
             .iter()
             .map(|d| (d.source.clone(), serde_json::to_vec(d).unwrap_or_default()))
-            .collect();
-        produce_all(&self.producer, &self.topic, &records).await?;
+            .collect()
+    }
+
+    /// Counts `letters` once they are stored (acknowledged or spooled).
+    pub fn count(&self, letters: &[DeadLetter]) {
         for d in letters {
             self.count
                 .with_label_values(&[d.stage.as_str(), d.reason.as_str()])
                 .inc();
         }
-        Ok(())
     }
 
-    /// The topic name.
-    pub fn topic(&self) -> &str {
-        &self.topic
+    /// Sends `letters` and waits for the broker's acknowledgement.
+    pub async fn send(&self, letters: &[DeadLetter]) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        produce_all(&self.producer, &self.topic, &Self::records(letters)).await?;
+        self.count(letters);
+        Ok(())
     }
 }

@@ -10,8 +10,6 @@ use marktwin_core::health::Readiness;
 use marktwin_core::modbus::ModbusDevice;
 use marktwin_core::topics::{Encoding, id};
 use marktwin_core::{Config, now_ms};
-use marktwin_kafka::produce_all;
-use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
@@ -19,6 +17,7 @@ use tracing::{info, warn};
 use super::reader::DeviceReader;
 use crate::EdgeMetrics;
 use crate::error::{Error, Result};
+use crate::sink::Sink;
 
 /// Polls one device and produces one `telemetry_reading` per tag per poll.
 pub struct ModbusPoller {
@@ -27,7 +26,7 @@ pub struct ModbusPoller {
     readiness_name: String,
     topic: String,
     encoding: Encoding,
-    producer: FutureProducer,
+    sink: Sink,
     metrics: EdgeMetrics,
     readiness: Readiness,
 }
@@ -37,7 +36,7 @@ impl ModbusPoller {
     pub fn new(
         cfg: &Config,
         dev: ModbusDevice,
-        producer: FutureProducer,
+        sink: Sink,
         metrics: EdgeMetrics,
         readiness: Readiness,
     ) -> Self {
@@ -48,7 +47,7 @@ impl ModbusPoller {
             reader: DeviceReader::new(dev),
             topic: cfg.topic_name(id::TELEMETRY),
             encoding: cfg.topic(id::TELEMETRY).encoding,
-            producer,
+            sink,
             metrics,
             readiness,
         }
@@ -109,15 +108,7 @@ impl ModbusPoller {
                 })?;
                 records.push((env.key, bytes));
             }
-            if !send(
-                &self.producer,
-                &self.topic,
-                &source,
-                &records,
-                &mut shutdown,
-            )
-            .await
-            {
+            if !send(&self.sink, &self.topic, &source, &records, &mut shutdown).await {
                 break;
             }
             self.metrics
@@ -141,12 +132,13 @@ impl ModbusPoller {
     }
 }
 
-/// Sends `records` until the broker acknowledges them; false when
-/// shutdown came first (the readings of that poll are not sent). A free
-/// function: the poller owns the Modbus connection, which is not `Sync`, so
-/// no `&self` may be held across an await in a spawned task.
+/// Hands `records` to the sink (acknowledged or spooled); while the spool
+/// is full, waits and tries again, so polling pauses (backpressure). False
+/// when shutdown came first. A free function: the poller owns the Modbus
+/// connection, which is not `Sync`, so no `&self` may be held across an
+/// await in a spawned task.
 async fn send(
-    producer: &FutureProducer,
+    sink: &Sink,
     topic: &str,
     source: &str,
     records: &[(String, Vec<u8>)],
@@ -154,11 +146,11 @@ async fn send(
 ) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match produce_all(producer, topic, records).await {
-            Ok(_) => return true,
+        match sink.send(&[(topic, records)]).await {
+            Ok(()) => return true,
             Err(e) => {
                 let d = backoff.next_delay();
-                warn!(source, topic, error = %e, retry_in_ms = d.as_millis() as u64, "Produce failed; retrying.");
+                warn!(source, topic, error = %e, retry_in_ms = d.as_millis() as u64, "Cannot store readings; polling paused.");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
                     r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return false },
