@@ -18,17 +18,8 @@ use marktwin_tests::{Peer, free_port, read_topic};
 
 fn tag(name: &str, area: Area, address: u16, data_type: DataType, order: ByteOrder) -> ModbusTag {
     ModbusTag {
-        name: name.into(),
-        asset: None,
-        area,
-        address,
-        data_type,
         order,
-        bit: 0,
-        length: 0,
-        scale: 1.0,
-        offset: 0.0,
-        eng_unit: None,
+        ..ModbusTag::new(name, area, address, data_type)
     }
 }
 

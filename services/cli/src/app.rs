@@ -16,6 +16,7 @@ use marktwin_core::Config;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
 use marktwin_edge::modbus::poller::ModbusPoller;
+use marktwin_edge::modbus::sim::{self as modbus_sim, PlantSim};
 use marktwin_edge::sim::{self, PosSim};
 use marktwin_edge::sink::{MakeProducer, Sink};
 use marktwin_edge::spool::{Spool, SpoolConfig};
@@ -159,6 +160,18 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         tasks.push(("simulator", serve(listener, app, shutdown_rx.clone())));
         info!(%addr, start_ms, "Simulator listening.");
         simulator_addr = Some(addr);
+
+        let listener = bind(&cfg.simulator.modbus_listen).await?;
+        let maddr = listener.local_addr()?;
+        let plant = PlantSim::new(start_ms, cfg.simulator.lines);
+        if cfg.edge.modbus.devices.is_empty() {
+            cfg.edge.modbus.devices = vec![plant.device("plant-sim", &maddr.to_string())];
+        }
+        tasks.push((
+            "modbus-simulator",
+            tokio::spawn(modbus_sim::serve(listener, plant, shutdown_rx.clone())),
+        ));
+        info!(addr = %maddr, lines = cfg.simulator.lines, "Modbus plant simulator listening.");
     }
 
     let producer = if needs_kafka {

@@ -184,6 +184,12 @@ pub struct SimulatorConfig {
     pub enabled: bool,
     /// Address the simulated source APIs listen on.
     pub listen: String,
+    /// Address the simulated plant (line PLCs, energy meter) serves
+    /// Modbus TCP on; when no `edge.modbus.devices` are configured,
+    /// `marktwin up` polls it.
+    pub modbus_listen: String,
+    /// Production lines of the simulated plant.
+    pub lines: u16,
     /// Seed: the same seed and start give the same records.
     pub seed: u64,
     /// Number of stores (retailers).
@@ -210,6 +216,8 @@ impl Default for SimulatorConfig {
         SimulatorConfig {
             enabled: true,
             listen: "127.0.0.1:8091".into(),
+            modbus_listen: "127.0.0.1:1502".into(),
+            lines: 3,
             seed: 42,
             stores: 500,
             skus: 40,
@@ -529,6 +537,10 @@ impl Config {
         let s = &self.simulator;
         if s.enabled {
             addr("simulator.listen", &s.listen)?;
+            addr("simulator.modbus_listen", &s.modbus_listen)?;
+            if !(1..=99).contains(&s.lines) {
+                return Err(bad("simulator.lines", "must be 1..=99"));
+            }
         }
         for (field, v) in [
             ("simulator.stores", s.stores),

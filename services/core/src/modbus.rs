@@ -153,6 +153,23 @@ fn one() -> f64 {
 }
 
 impl ModbusTag {
+    /// A tag with the defaults: big-endian, no scaling, the device's asset.
+    pub fn new(name: impl Into<String>, area: Area, address: u16, data_type: DataType) -> Self {
+        ModbusTag {
+            name: name.into(),
+            asset: None,
+            area,
+            address,
+            data_type,
+            order: ByteOrder::Abcd,
+            bit: 0,
+            length: 0,
+            scale: 1.0,
+            offset: 0.0,
+            eng_unit: None,
+        }
+    }
+
     /// Registers or bits this tag spans.
     pub fn width(&self) -> u16 {
         self.data_type.width(self.length)

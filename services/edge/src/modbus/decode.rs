@@ -80,17 +80,9 @@ mod tests {
 
     fn tag(data_type: DataType, order: ByteOrder) -> ModbusTag {
         ModbusTag {
-            name: "t".into(),
-            asset: None,
-            area: Area::Holding,
-            address: 0,
-            data_type,
             order,
-            bit: 0,
             length: 3,
-            scale: 1.0,
-            offset: 0.0,
-            eng_unit: None,
+            ..ModbusTag::new("t", Area::Holding, 0, data_type)
         }
     }
 

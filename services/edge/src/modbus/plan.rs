@@ -76,21 +76,12 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use marktwin_core::modbus::{ByteOrder, DataType};
+    use marktwin_core::modbus::DataType;
 
     fn tag(area: Area, address: u16, data_type: DataType) -> ModbusTag {
         ModbusTag {
-            name: format!("{area:?}{address}"),
-            asset: None,
-            area,
-            address,
-            data_type,
-            order: ByteOrder::Abcd,
-            bit: 0,
             length: 10,
-            scale: 1.0,
-            offset: 0.0,
-            eng_unit: None,
+            ..ModbusTag::new(format!("{area:?}{address}"), area, address, data_type)
         }
     }
 
