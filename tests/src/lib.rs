@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use marktwin_core::codec;
+use marktwin_core::events::{Envelope, TelemetryReading};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -21,6 +23,21 @@ pub struct Record {
     pub offset: i64,
     /// Value bytes.
     pub payload: Vec<u8>,
+}
+
+/// The telemetry readings on `topic` (JSON or protobuf), read to its end
+/// as [`read_topic`] does; panics unless every event id is there once.
+pub async fn telemetry_on(bootstrap: String, topic: String) -> Vec<Envelope<TelemetryReading>> {
+    let recs = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 1))
+        .await
+        .expect("reader thread");
+    let envs: Vec<Envelope<TelemetryReading>> = recs
+        .iter()
+        .map(|r| codec::decode_any(&r.payload).expect("a telemetry envelope"))
+        .collect();
+    let ids: HashSet<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids.len(), envs.len(), "every reading is on the topic once");
+    envs
 }
 
 /// Every record of `topic`, read from the start of each partition: until
@@ -98,6 +115,7 @@ pub fn peer_python() -> PathBuf {
 /// A peer process (a Python server from `tests/peers/`), killed on drop.
 pub struct Peer {
     child: Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Peer {
@@ -125,9 +143,24 @@ impl Peer {
                 }
             }
         }
-        // Keep draining stdout so the peer never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Peer { child }
+        // Keep draining stdout so the peer never blocks on a full pipe, and
+        // keep what it printed for the test to look at.
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = output.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                keep.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+            }
+        });
+        Peer { child, output }
+    }
+
+    /// The lines the peer printed after `READY` so far.
+    pub fn output(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Kills the peer at once (SIGKILL) and waits for it.

@@ -8,13 +8,11 @@ use std::collections::BTreeMap;
 
 use marktwin::app::{self, Parts};
 use marktwin_core::Config;
-use marktwin_core::codec;
-use marktwin_core::events::Envelope;
 use marktwin_core::events::{Quality, TelemetryReading};
 use marktwin_core::modbus::{Area, ByteOrder, DataType, ModbusDevice, ModbusTag};
 use marktwin_edge::modbus::reader::{DeviceReader, STATUS_NO_RESPONSE};
 use marktwin_kafka::EmbeddedBroker;
-use marktwin_tests::{Peer, free_port, read_topic};
+use marktwin_tests::{Peer, free_port, telemetry_on};
 
 fn tag(name: &str, area: Area, address: u16, data_type: DataType, order: ByteOrder) -> ModbusTag {
     ModbusTag {
@@ -191,19 +189,8 @@ async fn readings_reach_the_telemetry_topic_and_resume_after_a_peer_restart() {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
 
     running.shutdown().await;
-    let bootstrap = broker.bootstrap();
-    let topic = cfg.topic_name("telemetry");
-    let recs = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 1))
-        .await
-        .unwrap();
+    let envs = telemetry_on(broker.bootstrap(), cfg.topic_name("telemetry")).await;
     broker.stop().await;
-
-    let envs: Vec<Envelope<TelemetryReading>> = recs
-        .iter()
-        .map(|r| codec::decode_any(&r.payload).unwrap())
-        .collect();
-    let ids: std::collections::HashSet<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
-    assert_eq!(ids.len(), envs.len(), "every reading is on the topic once");
     assert!(
         envs.iter()
             .all(|e| e.source == "modbus:peer" && e.key == "line-1")

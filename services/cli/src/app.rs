@@ -17,6 +17,7 @@ use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
 use marktwin_edge::modbus::poller::ModbusPoller;
 use marktwin_edge::modbus::sim::{self as modbus_sim, PlantSim};
+use marktwin_edge::opcua::OpcuaSource;
 use marktwin_edge::sim::{self, PosSim};
 use marktwin_edge::sink::{MakeProducer, Sink};
 use marktwin_edge::spool::{Spool, SpoolConfig};
@@ -213,6 +214,10 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         for dev in cfg.edge.modbus.devices.clone() {
             let poller = ModbusPoller::new(&cfg, dev, sink.clone(), m.clone(), readiness.clone());
             tasks.push(logged("edge-modbus", poller.run(shutdown_rx.clone())));
+        }
+        for srv in cfg.edge.opcua.servers.clone() {
+            let source = OpcuaSource::new(&cfg, srv, sink.clone(), m.clone(), readiness.clone());
+            tasks.push(logged("edge-opcua", source.run(shutdown_rx.clone())));
         }
     }
 

@@ -188,6 +188,10 @@ pub struct SimulatorConfig {
     /// Modbus TCP on; when no `edge.modbus.devices` are configured,
     /// `marktwin up` polls it.
     pub modbus_listen: String,
+    /// Address the simulated plant serves OPC UA on (`opc.tcp://` is
+    /// implied); when no `edge.opcua.servers` are configured, `marktwin up`
+    /// subscribes to it.
+    pub opcua_listen: String,
     /// Production lines of the simulated plant.
     pub lines: u16,
     /// Seed: the same seed and start give the same records.
@@ -217,6 +221,7 @@ impl Default for SimulatorConfig {
             enabled: true,
             listen: "127.0.0.1:8091".into(),
             modbus_listen: "127.0.0.1:1502".into(),
+            opcua_listen: "127.0.0.1:4841".into(),
             lines: 3,
             seed: 42,
             stores: 500,
@@ -241,6 +246,8 @@ pub struct EdgeConfig {
     pub pos: HttpPollerConfig,
     /// Modbus TCP devices.
     pub modbus: crate::modbus::ModbusConfig,
+    /// OPC UA servers.
+    pub opcua: crate::opcua::OpcuaConfig,
     /// The disk spool that holds records while the broker is away.
     pub spool: SpoolConfig,
 }
@@ -283,6 +290,7 @@ impl Default for EdgeConfig {
             listen: "127.0.0.1:8093".into(),
             pos: HttpPollerConfig::default(),
             modbus: crate::modbus::ModbusConfig::default(),
+            opcua: crate::opcua::OpcuaConfig::default(),
             spool: SpoolConfig::default(),
         }
     }
@@ -418,10 +426,7 @@ impl Config {
     /// Checks values that types cannot: names the field and what it allows.
     pub fn validate(&self) -> Result<()> {
         fn bad(field: &str, message: impl Into<String>) -> Error {
-            Error::InvalidConfig {
-                field: field.to_owned(),
-                message: message.into(),
-            }
+            Error::invalid(field, message)
         }
         fn addr(field: &str, v: &str) -> Result<()> {
             v.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
@@ -437,6 +442,7 @@ impl Config {
             return Err(bad("data_dir", "must not be empty"));
         }
         self.edge.modbus.validate()?;
+        self.edge.opcua.validate()?;
         let sp = &self.edge.spool;
         if !["always", "interval", "never"].contains(&sp.fsync.as_str()) {
             return Err(bad(
@@ -538,6 +544,7 @@ impl Config {
         if s.enabled {
             addr("simulator.listen", &s.listen)?;
             addr("simulator.modbus_listen", &s.modbus_listen)?;
+            addr("simulator.opcua_listen", &s.opcua_listen)?;
             if !(1..=99).contains(&s.lines) {
                 return Err(bad("simulator.lines", "must be 1..=99"));
             }

@@ -27,6 +27,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::InvalidConfig`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     /// Whether trying again unchanged can succeed. Config errors never do.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Io { .. })

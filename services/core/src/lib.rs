@@ -22,6 +22,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod modbus;
+pub mod opcua;
 pub mod proto_sync;
 pub mod schema;
 pub mod topics;

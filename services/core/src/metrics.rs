@@ -17,6 +17,9 @@ pub const EDGE_POLL_ERRORS_TOTAL: &str = "marktwin_edge_poll_errors_total";
 pub const EDGE_POLL_DURATION_SECONDS: &str = "marktwin_edge_poll_duration_seconds";
 /// Whether a source is connected (1) or not (0), label `source`.
 pub const EDGE_SOURCE_UP: &str = "marktwin_edge_source_up";
+/// Sessions established with a source, labels `source`, `how`
+/// (`connected`, `reactivated`, `new_session`).
+pub const EDGE_SOURCE_RECONNECTS_TOTAL: &str = "marktwin_edge_source_reconnects_total";
 /// Bytes in the edge's disk spool waiting for the broker.
 pub const EDGE_SPOOL_BYTES: &str = "marktwin_edge_spool_bytes";
 

@@ -230,13 +230,6 @@ pub struct ModbusConfig {
     pub devices: Vec<ModbusDevice>,
 }
 
-fn bad(field: String, message: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        field,
-        message: message.into(),
-    }
-}
-
 impl ModbusConfig {
     /// Checks every device and tag; errors name the field, e.g.
     /// `edge.modbus.devices[0].tags[3].bit`.
@@ -245,47 +238,53 @@ impl ModbusConfig {
         for (d, dev) in self.devices.iter().enumerate() {
             let at = |f: &str| format!("edge.modbus.devices[{d}].{f}");
             if dev.name.is_empty() {
-                return Err(bad(at("name"), "must not be empty"));
+                return Err(Error::invalid(at("name"), "must not be empty"));
             }
             if !names.insert(dev.name.as_str()) {
-                return Err(bad(at("name"), format!("`{}` is used twice", dev.name)));
+                return Err(Error::invalid(
+                    at("name"),
+                    format!("`{}` is used twice", dev.name),
+                ));
             }
             if dev
                 .address
                 .rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
-                return Err(bad(
+                return Err(Error::invalid(
                     at("address"),
                     format!("`{}` is not host:port, e.g. 127.0.0.1:502", dev.address),
                 ));
             }
             if !(1..=125).contains(&dev.max_registers) {
-                return Err(bad(
+                return Err(Error::invalid(
                     at("max_registers"),
                     "must be 1..=125 (the protocol's limit)",
                 ));
             }
             if !(1..=2000).contains(&dev.max_bits) {
-                return Err(bad(
+                return Err(Error::invalid(
                     at("max_bits"),
                     "must be 1..=2000 (the protocol's limit)",
                 ));
             }
             if dev.poll_interval_ms == 0 || dev.timeout_ms == 0 {
-                return Err(bad(
+                return Err(Error::invalid(
                     at("poll_interval_ms"),
                     "intervals and timeouts must be > 0",
                 ));
             }
             if dev.tags.is_empty() {
-                return Err(bad(at("tags"), "a device needs at least one tag"));
+                return Err(Error::invalid(
+                    at("tags"),
+                    "a device needs at least one tag",
+                ));
             }
             let mut tags = HashSet::new();
             for (t, tag) in dev.tags.iter().enumerate() {
                 let at = |f: &str| format!("edge.modbus.devices[{d}].tags[{t}].{f}");
                 if tag.name.is_empty() || !tags.insert(tag.name.as_str()) {
-                    return Err(bad(
+                    return Err(Error::invalid(
                         at("name"),
                         format!("`{}` is empty or used twice on the device", tag.name),
                     ));
@@ -293,23 +292,23 @@ impl ModbusConfig {
                 let bits = tag.area.is_bits();
                 match tag.data_type {
                     DataType::Bool if !bits => {
-                        return Err(bad(
+                        return Err(Error::invalid(
                             at("type"),
                             "`bool` reads a coil or discrete_input; use `bit` for a bit of a register",
                         ));
                     }
                     DataType::Bool => {}
                     _ if bits => {
-                        return Err(bad(at("type"), format!("`{:?}` needs a holding or input register; coils and discrete inputs are `bool`", tag.data_type).to_lowercase()));
+                        return Err(Error::invalid(at("type"), format!("`{:?}` needs a holding or input register; coils and discrete inputs are `bool`", tag.data_type).to_lowercase()));
                     }
                     DataType::Bit if tag.bit > 15 => {
-                        return Err(bad(
+                        return Err(Error::invalid(
                             at("bit"),
                             format!("{} is not a bit of a 16-bit register (0..=15)", tag.bit),
                         ));
                     }
                     DataType::String if tag.length == 0 => {
-                        return Err(bad(
+                        return Err(Error::invalid(
                             at("length"),
                             "a string needs its length in registers (>= 1)",
                         ));
@@ -322,7 +321,7 @@ impl ModbusConfig {
                     dev.max_registers
                 };
                 if tag.width() > limit {
-                    return Err(bad(
+                    return Err(Error::invalid(
                         at("length"),
                         format!(
                             "spans {} registers, more than max_registers {limit}",
@@ -331,10 +330,16 @@ impl ModbusConfig {
                     ));
                 }
                 if u32::from(tag.address) + u32::from(tag.width()) > 65_536 {
-                    return Err(bad(at("address"), "runs past the last address 65535"));
+                    return Err(Error::invalid(
+                        at("address"),
+                        "runs past the last address 65535",
+                    ));
                 }
                 if !tag.scale.is_finite() || !tag.offset.is_finite() {
-                    return Err(bad(at("scale"), "scale and offset must be finite numbers"));
+                    return Err(Error::invalid(
+                        at("scale"),
+                        "scale and offset must be finite numbers",
+                    ));
                 }
             }
         }
@@ -352,7 +357,7 @@ mod tests {
             figment::providers::Toml::string(toml)
         })
         .extract()
-        .map_err(|e| bad("toml".into(), e.to_string()))?;
+        .map_err(|e| Error::invalid("toml", e.to_string()))?;
         c.validate().map(|()| c)
     }
 

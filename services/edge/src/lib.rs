@@ -12,6 +12,7 @@
 pub mod cursor;
 pub mod error;
 pub mod modbus;
+pub mod opcua;
 pub mod poller;
 pub mod pos;
 pub mod pseudonym;

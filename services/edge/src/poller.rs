@@ -38,6 +38,7 @@ pub struct EdgeMetrics {
     pub(crate) errors: IntCounterVec,
     pub(crate) duration: HistogramVec,
     pub(crate) up: IntGaugeVec,
+    pub(crate) reconnects: IntCounterVec,
 }
 
 impl EdgeMetrics {
@@ -75,6 +76,14 @@ impl EdgeMetrics {
             ),
             &["source"],
         )?;
+        let reconnects = IntCounterVec::new(
+            Opts::new(
+                m::EDGE_SOURCE_RECONNECTS_TOTAL,
+                "Sessions established with a source, by how.",
+            ),
+            &["source", "how"],
+        )?;
+        registry.register(Box::new(reconnects.clone()))?;
         registry.register(Box::new(read.clone()))?;
         registry.register(Box::new(produced.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -86,6 +95,7 @@ impl EdgeMetrics {
             errors,
             duration,
             up,
+            reconnects,
         })
     }
 }

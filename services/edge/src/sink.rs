@@ -142,6 +142,32 @@ impl Sink {
         Ok(())
     }
 
+    /// [`Sink::send`] until the records are stored: while the spool is
+    /// full, waits and tries again, so the caller's source pauses
+    /// (backpressure). False when `shutdown` came first.
+    pub async fn send_until_stored(
+        &self,
+        topic: &str,
+        source: &str,
+        records: &[(String, Vec<u8>)],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.send(&[(topic, records)]).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(source, topic, error = %e, retry_in_ms = d.as_millis() as u64, "Cannot store readings; reading paused.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return false },
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends the spool's records to the broker in order until `shutdown`;
     /// run it as one task per process.
     pub async fn drain(self, mut shutdown: watch::Receiver<bool>) {

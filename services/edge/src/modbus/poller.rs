@@ -12,7 +12,7 @@ use marktwin_core::topics::{Encoding, id};
 use marktwin_core::{Config, now_ms};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::reader::DeviceReader;
 use crate::EdgeMetrics;
@@ -108,7 +108,11 @@ impl ModbusPoller {
                 })?;
                 records.push((env.key, bytes));
             }
-            if !send(&self.sink, &self.topic, &source, &records, &mut shutdown).await {
+            if !self
+                .sink
+                .send_until_stored(&self.topic, &source, &records, &mut shutdown)
+                .await
+            {
                 break;
             }
             self.metrics
@@ -129,33 +133,5 @@ impl ModbusPoller {
         }
         info!(source, "Modbus poller stopped.");
         Ok(())
-    }
-}
-
-/// Hands `records` to the sink (acknowledged or spooled); while the spool
-/// is full, waits and tries again, so polling pauses (backpressure). False
-/// when shutdown came first. A free function: the poller owns the Modbus
-/// connection, which is not `Sync`, so no `&self` may be held across an
-/// await in a spawned task.
-async fn send(
-    sink: &Sink,
-    topic: &str,
-    source: &str,
-    records: &[(String, Vec<u8>)],
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match sink.send(&[(topic, records)]).await {
-            Ok(()) => return true,
-            Err(e) => {
-                let d = backoff.next_delay();
-                warn!(source, topic, error = %e, retry_in_ms = d.as_millis() as u64, "Cannot store readings; polling paused.");
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return false },
-                }
-            }
-        }
     }
 }

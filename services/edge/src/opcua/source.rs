@@ -1,0 +1,650 @@
+//! One OPC UA server as a source: a supervised session whose samples go to
+//! the telemetry topic.
+//!
+//! Reconnects happen at two levels. Inside a session, async-opcua retries a
+//! lost connection a few times (0.5 s doubling to 5 s) and reactivates the
+//! session, or creates a new one and transfers the subscriptions, or
+//! recreates them (in chunks). When that gives up, or the first connect
+//! fails, this supervisor builds a new client after a jittered, capped
+//! backoff and subscribes from scratch — for ever, until shutdown.
+//!
+//! Every new session resolves the configured nodes again (namespace URIs to
+//! indices, browse paths to NodeIds). If the server now numbers them
+//! differently, the subscription the library recreated points at the wrong
+//! nodes, so it is deleted and built again from the new resolution.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use marktwin_core::backoff::Backoff;
+use marktwin_core::codec;
+use marktwin_core::events::Envelope;
+use marktwin_core::health::Readiness;
+use marktwin_core::opcua::{Mode, OpcuaServer};
+use marktwin_core::topics::{Encoding, id};
+use marktwin_core::{Config, now_ms};
+use opcua::client::{
+    MonitoredItemMap, OnSubscriptionNotificationCore, Session, SessionConnectMode,
+    SessionPollResult,
+};
+use opcua::types::{
+    AttributeId, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DataValue,
+    DeadbandType, ExtensionObject, MonitoredItemCreateRequest, MonitoringMode,
+    MonitoringParameters, NodeId, NotificationMessage, ReadValueId, StatusChangeNotification,
+    StatusCode, TimestampsToReturn,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::client;
+use super::convert::{TagMeta, reading};
+use super::resolve::{Limits, Resolution, read_limits, resolve};
+use crate::EdgeMetrics;
+use crate::sink::Sink;
+
+/// Samples of one publish (or one polling read): client handle (node index
+/// + 1) and value, with the time they arrived.
+struct Samples {
+    received_ms: i64,
+    values: Vec<(u32, DataValue)>,
+}
+
+/// Most samples encoded and sent as one batch.
+const MAX_BATCH: usize = 20_000;
+
+/// Forwards each publish response to the writer; runs inside the session's
+/// event loop, so it only moves data.
+struct Forward {
+    tx: mpsc::UnboundedSender<Samples>,
+    source: String,
+}
+
+impl OnSubscriptionNotificationCore for Forward {
+    fn on_subscription_notification(
+        &mut self,
+        notification: NotificationMessage,
+        _items: MonitoredItemMap<'_>,
+    ) {
+        let received_ms = now_ms();
+        let mut values = Vec::new();
+        for obj in notification.notification_data.into_iter().flatten() {
+            if obj.inner_is::<DataChangeNotification>() {
+                if let Some(dc) = obj.into_inner_as::<DataChangeNotification>() {
+                    values.extend(
+                        dc.monitored_items
+                            .into_iter()
+                            .flatten()
+                            .map(|n| (n.client_handle, n.value)),
+                    );
+                }
+            } else if let Some(sc) = obj.inner_as::<StatusChangeNotification>() {
+                warn!(source = self.source, status = %sc.status, "Subscription status changed on the server.");
+            }
+        }
+        if !values.is_empty() {
+            let _ = self.tx.send(Samples {
+                received_ms,
+                values,
+            });
+        }
+    }
+}
+
+/// What a setup gives: what is read, and the skipped nodes with reasons.
+type Subscribed = Result<(Active, Vec<String>), String>;
+
+/// What a session currently reads.
+struct Active {
+    subscription: Option<u32>,
+    poll_task: Option<JoinHandle<()>>,
+    node_ids: Vec<(usize, NodeId)>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(t) = self.poll_task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Reads one OPC UA server into the telemetry topic.
+pub struct OpcuaSource {
+    srv: OpcuaServer,
+    data_dir: PathBuf,
+    source: String,
+    readiness_name: String,
+    topic: String,
+    encoding: Encoding,
+    sink: Sink,
+    metrics: EdgeMetrics,
+    readiness: Readiness,
+    metas: Arc<Vec<TagMeta>>,
+}
+
+/// How a session ended.
+enum Ended {
+    Shutdown,
+    /// It had been connected (so the next attempt starts with a short wait).
+    Lost(String),
+    Failed(String),
+}
+
+/// A status code with the hint an operator needs.
+fn explain(srv: &OpcuaServer, code: StatusCode) -> String {
+    let hint = match code {
+        StatusCode::BadUserAccessDenied | StatusCode::BadIdentityTokenRejected => format!(
+            ": the server refused user `{}` (auth = {:?}); check username and password",
+            srv.username, srv.auth
+        ),
+        StatusCode::BadCertificateUntrusted
+        | StatusCode::BadSecurityChecksFailed
+        | StatusCode::BadCertificateInvalid => ": certificate not trusted; move the server's certificate from <pki_dir>/rejected/certs to <pki_dir>/trusted/certs, or the client's into the server's trust list".to_string(),
+        StatusCode::BadCertificateHostNameInvalid
+        | StatusCode::BadCertificateUriInvalid
+        | StatusCode::BadCertificateTimeInvalid => ": the server's certificate does not match its endpoint or has expired; fix it, or set verify_server_certificates = false".to_string(),
+        StatusCode::BadSecurityPolicyRejected | StatusCode::BadTcpEndpointUrlInvalid => format!(
+            ": the server has no endpoint with {} / {:?}",
+            srv.security_policy.ua_name(),
+            srv.security_mode
+        ),
+        _ => String::new(),
+    };
+    format!("{code}{hint}")
+}
+
+impl OpcuaSource {
+    /// A source for `srv`, one of `cfg.edge.opcua.servers`.
+    pub fn new(
+        cfg: &Config,
+        srv: OpcuaServer,
+        sink: Sink,
+        metrics: EdgeMetrics,
+        readiness: Readiness,
+    ) -> Self {
+        let source = format!("opcua:{}", srv.name);
+        let metas = srv
+            .nodes
+            .iter()
+            .map(|n| TagMeta {
+                tag: n.name.clone(),
+                asset: n.asset.clone().unwrap_or_else(|| srv.asset.clone()),
+                eng_unit: n.eng_unit.clone(),
+            })
+            .collect();
+        OpcuaSource {
+            readiness_name: format!("source_{source}"),
+            source,
+            data_dir: cfg.data_dir.clone(),
+            topic: cfg.topic_name(id::TELEMETRY),
+            encoding: cfg.topic(id::TELEMETRY).encoding,
+            sink,
+            metrics,
+            readiness,
+            metas: Arc::new(metas),
+            srv,
+        }
+    }
+
+    fn set_ready(&self, ready: bool, reason: String) {
+        self.readiness
+            .set(self.readiness_name.clone(), ready, reason);
+        self.metrics
+            .up
+            .with_label_values(&[self.source.as_str()])
+            .set(i64::from(ready));
+    }
+
+    /// Reads the server until `shutdown` turns true; never gives up.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> crate::Result<()> {
+        info!(source = self.source, endpoint = self.srv.endpoint, nodes = self.srv.nodes.len(), mode = ?self.srv.mode, "OPC UA source starting.");
+        self.set_ready(
+            false,
+            format!("{}: connecting to {}", self.source, self.srv.endpoint),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write(
+            rx,
+            self.sink.clone(),
+            self.topic.clone(),
+            self.encoding,
+            self.source.clone(),
+            self.metas.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        let mut backoff = Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_millis(self.srv.max_backoff_ms),
+        );
+        loop {
+            let reason = match self.session(&tx, &mut shutdown).await {
+                Ended::Shutdown => break,
+                Ended::Lost(r) => {
+                    backoff.reset();
+                    r
+                }
+                Ended::Failed(r) => r,
+            };
+            self.metrics
+                .errors
+                .with_label_values(&[self.source.as_str()])
+                .inc();
+            let wait = backoff.next_delay();
+            warn!(
+                source = self.source,
+                reason,
+                retry_in_ms = wait.as_millis() as u64,
+                "OPC UA session ended; starting a new one."
+            );
+            self.set_ready(false, format!("{}: {reason}", self.source));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+        info!(source = self.source, "OPC UA source stopped.");
+        Ok(())
+    }
+
+    /// One client and session, from connect to its end.
+    async fn session(
+        &self,
+        tx: &mpsc::UnboundedSender<Samples>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        if *shutdown.borrow() {
+            return Ended::Shutdown;
+        }
+        let (session, event_loop) = match client::connect(&self.srv, &self.data_dir).await {
+            Ok(s) => s,
+            Err(e) => return Ended::Failed(e.to_string()),
+        };
+        let events = event_loop.enter();
+        tokio::pin!(events);
+        let mut active: Option<Active> = None;
+        let mut setup: Option<JoinHandle<Subscribed>> = None;
+        let mut connected = false;
+        let labels = [self.source.as_str()];
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    None => return Ended::Lost("session closed".into()),
+                    Some(Err(code)) => {
+                        let why = explain(&self.srv, code);
+                        return if connected { Ended::Lost(why) } else { Ended::Failed(why) };
+                    }
+                    Some(Ok(SessionPollResult::Reconnected(mode))) => {
+                        let how = match (&mode, connected) {
+                            (SessionConnectMode::ReactivatedSession(_), _) => "reactivated",
+                            (SessionConnectMode::NewSession(_), false) => "connected",
+                            (SessionConnectMode::NewSession(_), true) => "new_session",
+                        };
+                        connected = true;
+                        info!(source = self.source, how, "OPC UA session up.");
+                        self.metrics.reconnects.with_label_values(&[self.source.as_str(), how]).inc();
+                        self.set_ready(true, format!("{} connected to {}", self.source, self.srv.endpoint));
+                        if matches!(mode, SessionConnectMode::NewSession(_)) {
+                            if let Some(t) = setup.take() {
+                                t.abort();
+                            }
+                            let previous = active.take();
+                            setup = Some(tokio::spawn(subscribe(
+                                session.clone(),
+                                self.srv.clone(),
+                                tx.clone(),
+                                self.source.clone(),
+                                previous,
+                            )));
+                        }
+                    }
+                    Some(Ok(SessionPollResult::ConnectionLost(code))) => {
+                        self.metrics.errors.with_label_values(&labels).inc();
+                        warn!(source = self.source, status = %code, "OPC UA connection lost; reconnecting.");
+                        self.set_ready(false, format!("{}: connection lost ({code}); reconnecting", self.source));
+                    }
+                    Some(Ok(SessionPollResult::ReconnectFailed(code))) => {
+                        let why = explain(&self.srv, code);
+                        if matches!(code, StatusCode::BadUserAccessDenied | StatusCode::BadIdentityTokenRejected) {
+                            error!(source = self.source, reason = why, "OPC UA login refused.");
+                        } else {
+                            warn!(source = self.source, reason = why, "OPC UA connect failed.");
+                        }
+                        self.set_ready(false, format!("{}: {why}", self.source));
+                    }
+                    Some(Ok(_)) => {}
+                },
+                r = async { setup.as_mut().expect("guarded").await }, if setup.is_some() => {
+                    setup = None;
+                    match r {
+                        Ok(Ok((a, skipped))) => {
+                            let reason = if skipped.is_empty() {
+                                format!("{} reads {} nodes at {}", self.source, a.node_ids.len(), self.srv.endpoint)
+                            } else {
+                                format!("{} reads {} nodes at {}; skipped: {}", self.source, a.node_ids.len(), self.srv.endpoint, skipped.join("; "))
+                            };
+                            self.set_ready(true, reason);
+                            active = Some(a);
+                        }
+                        Ok(Err(e)) => {
+                            let _ = session.disconnect().await;
+                            return Ended::Lost(e);
+                        }
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => return Ended::Lost(format!("setup task failed: {e}")),
+                    }
+                }
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() {
+                    if let Some(t) = setup.take() {
+                        t.abort();
+                    }
+                    drop(active.take());
+                    let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
+                    return Ended::Shutdown;
+                },
+            }
+        }
+    }
+}
+
+/// Queue size that keeps every sample between two publishes.
+fn queue_size(requested: Option<u32>, sampling_ms: Option<f64>, publishing_ms: u64) -> u32 {
+    requested.unwrap_or_else(|| match sampling_ms {
+        Some(s) if s > 0.0 && (s as u64) < publishing_ms => {
+            (publishing_ms as f64 / s).ceil() as u32 + 1
+        }
+        _ => 1,
+    })
+}
+
+fn item(
+    srv: &OpcuaServer,
+    index: usize,
+    node_id: NodeId,
+    deadband: Option<f64>,
+) -> MonitoredItemCreateRequest {
+    let node = &srv.nodes[index];
+    let filter = match deadband {
+        Some(value) => ExtensionObject::from_message(DataChangeFilter {
+            trigger: DataChangeTrigger::StatusValue,
+            deadband_type: DeadbandType::Absolute as u32,
+            deadband_value: value,
+        }),
+        None => ExtensionObject::null(),
+    };
+    MonitoredItemCreateRequest {
+        item_to_monitor: ReadValueId {
+            node_id,
+            attribute_id: AttributeId::Value as u32,
+            ..Default::default()
+        },
+        monitoring_mode: MonitoringMode::Reporting,
+        requested_parameters: MonitoringParameters {
+            client_handle: index as u32 + 1,
+            // -1: the subscription's publishing interval.
+            sampling_interval: node.sampling_interval_ms.unwrap_or(-1.0),
+            filter,
+            queue_size: queue_size(
+                node.queue_size,
+                node.sampling_interval_ms,
+                srv.publishing_interval_ms,
+            ),
+            discard_oldest: true,
+        },
+    }
+}
+
+/// Resolves the nodes and starts reading them: a subscription with its
+/// monitored items created in chunks within the server's limits, or a
+/// polling task. `previous` is what the last session read; when the new
+/// resolution gives the same NodeIds the library's transferred or
+/// recreated subscription is kept. Returns the skipped nodes with reasons.
+async fn subscribe(
+    session: Arc<Session>,
+    srv: OpcuaServer,
+    tx: mpsc::UnboundedSender<Samples>,
+    source: String,
+    previous: Option<Active>,
+) -> Subscribed {
+    let limits = read_limits(&session, &srv).await;
+    let Resolution { nodes, failures } = resolve(&session, &srv, limits).await?;
+    let mut skipped: Vec<String> = failures
+        .iter()
+        .map(|(i, why)| format!("{} ({why})", srv.nodes[*i].name))
+        .collect();
+    for s in &skipped {
+        warn!(source, node = s, "OPC UA node skipped.");
+    }
+    let node_ids: Vec<(usize, NodeId)> =
+        nodes.iter().map(|n| (n.index, n.node_id.clone())).collect();
+    if let Some(prev) = previous {
+        if prev.node_ids == node_ids {
+            info!(
+                source,
+                "Nodes resolve as before; the session's subscription is kept."
+            );
+            return Ok((prev, skipped));
+        }
+        info!(
+            source,
+            "Nodes resolve differently now (namespaces renumbered?); subscribing again."
+        );
+        if let Some(id) = prev.subscription {
+            let _ = session.delete_subscription(id).await;
+        }
+    }
+    match srv.mode {
+        Mode::Polling => {
+            let task = tokio::spawn(poll(
+                session,
+                srv.clone(),
+                node_ids.clone(),
+                limits,
+                tx,
+                source,
+            ));
+            Ok((
+                Active {
+                    subscription: None,
+                    poll_task: Some(task),
+                    node_ids,
+                },
+                skipped,
+            ))
+        }
+        Mode::Subscription => {
+            let sub = session
+                .create_subscription(
+                    Duration::from_millis(srv.publishing_interval_ms),
+                    // Lifetime and keep-alive counts: the server drops the
+                    // subscription after 60 publishing intervals without a
+                    // publish request; a keep-alive comes every 10.
+                    60,
+                    10,
+                    srv.max_notifications_per_publish,
+                    0,
+                    true,
+                    Forward {
+                        tx,
+                        source: source.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| format!("CreateSubscription failed: {e}"))?;
+            let revised = {
+                let state = session.subscription_state().lock();
+                state.get(sub).map(|s| s.publishing_interval())
+            };
+            info!(source, subscription = sub, requested_ms = srv.publishing_interval_ms, revised = ?revised, "Subscription created.");
+            let items: Vec<MonitoredItemCreateRequest> = nodes
+                .iter()
+                .map(|n| item(&srv, n.index, n.node_id.clone(), n.deadband))
+                .collect();
+            let mut revised_sampling = 0usize;
+            for part in items.chunks(limits.items_per_call.max(1)) {
+                let results = session
+                    .create_monitored_items(sub, TimestampsToReturn::Both, part.to_vec())
+                    .await
+                    .map_err(|e| {
+                        format!("CreateMonitoredItems ({} items) failed: {e}", part.len())
+                    })?;
+                for (req, r) in part.iter().zip(&results) {
+                    let i = req.requested_parameters.client_handle as usize - 1;
+                    if !r.result.status_code.is_good() {
+                        let s = format!("{} ({})", srv.nodes[i].name, r.result.status_code);
+                        warn!(source, node = s, "OPC UA node skipped.");
+                        skipped.push(s);
+                    } else if req.requested_parameters.sampling_interval >= 0.0
+                        && r.result.revised_sampling_interval
+                            != req.requested_parameters.sampling_interval
+                    {
+                        revised_sampling += 1;
+                    }
+                }
+            }
+            if revised_sampling > 0 {
+                info!(
+                    source,
+                    nodes = revised_sampling,
+                    "The server revised sampling intervals; its values are used."
+                );
+            }
+            info!(
+                source,
+                items = items.len(),
+                chunk = limits.items_per_call,
+                "Monitored items created."
+            );
+            Ok((
+                Active {
+                    subscription: Some(sub),
+                    poll_task: None,
+                    node_ids,
+                },
+                skipped,
+            ))
+        }
+    }
+}
+
+/// Polling mode: a Read of every node each `poll_interval_ms`, in chunks of
+/// the server's MaxNodesPerRead.
+async fn poll(
+    session: Arc<Session>,
+    srv: OpcuaServer,
+    node_ids: Vec<(usize, NodeId)>,
+    limits: Limits,
+    tx: mpsc::UnboundedSender<Samples>,
+    source: String,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(srv.poll_interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for part in node_ids.chunks(limits.nodes_per_read.max(1)) {
+            let ids: Vec<ReadValueId> = part
+                .iter()
+                .map(|(_, n)| ReadValueId {
+                    node_id: n.clone(),
+                    attribute_id: AttributeId::Value as u32,
+                    ..Default::default()
+                })
+                .collect();
+            match session.read(&ids, TimestampsToReturn::Both, 0.0).await {
+                Ok(values) => {
+                    let values = part
+                        .iter()
+                        .zip(values)
+                        .map(|((i, _), dv)| (*i as u32 + 1, dv))
+                        .collect();
+                    if tx
+                        .send(Samples {
+                            received_ms: now_ms(),
+                            values,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => warn!(source, error = %e, "OPC UA read failed; next cycle retries."),
+            }
+        }
+    }
+}
+
+/// Turns samples into envelopes and hands them to the sink, batching what
+/// has queued up meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    mut rx: mpsc::UnboundedReceiver<Samples>,
+    sink: Sink,
+    topic: String,
+    encoding: Encoding,
+    source: String,
+    metas: Arc<Vec<TagMeta>>,
+    metrics: EdgeMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let read = metrics.read.with_label_values(&[source.as_str()]);
+    let produced = metrics
+        .produced
+        .with_label_values(&[source.as_str(), topic.as_str()]);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut n = batch[0].values.len();
+        while n < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(s) => {
+                    n += s.values.len();
+                    batch.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        let ingest = now_ms();
+        let mut records = Vec::with_capacity(n);
+        for s in &batch {
+            for (handle, dv) in &s.values {
+                let Some(meta) = (*handle as usize).checked_sub(1).and_then(|i| metas.get(i))
+                else {
+                    warn!(source, handle, "Sample for an unknown client handle.");
+                    continue;
+                };
+                let env = Envelope::wrap(&source, ingest, reading(meta, dv, s.received_ms));
+                match codec::encode(&env, encoding) {
+                    Ok(bytes) => records.push((env.key, bytes)),
+                    Err(e) => {
+                        error!(source, tag = meta.tag, error = %e, "Cannot encode a reading.")
+                    }
+                }
+            }
+        }
+        read.inc_by(records.len() as u64);
+        if !sink
+            .send_until_stored(&topic, &source, &records, &mut shutdown)
+            .await
+        {
+            return;
+        }
+        produced.inc_by(records.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_hold_the_samples_between_publishes() {
+        assert_eq!(queue_size(Some(7), Some(10.0), 1000), 7);
+        assert_eq!(queue_size(None, Some(100.0), 1000), 11);
+        assert_eq!(queue_size(None, Some(2000.0), 1000), 1);
+        assert_eq!(queue_size(None, None, 1000), 1);
+    }
+}
