@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use marktwin::app::{self, Parts, Running};
+use marktwin_core::Config;
 use marktwin_core::codec;
 use marktwin_core::events::{Envelope, TelemetryReading};
+use marktwin_kafka::EmbeddedBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -25,6 +28,36 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// A broker of its own, then `marktwin` with only the edge running,
+/// configured by `setup` (sources, intervals) on a fresh config whose data
+/// directory is `dir`. Returns the broker, the edge and the config used.
+pub async fn start_edge(
+    dir: &std::path::Path,
+    setup: impl FnOnce(&mut Config),
+) -> (EmbeddedBroker, Running, Config) {
+    let mut cfg = Config {
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
+    cfg.edge.pos.enabled = false;
+    // The broker runs apart from the edge, so the edge can be stopped and
+    // the topic read to its end.
+    let broker = EmbeddedBroker::start(&cfg).await.expect("broker");
+    cfg.kafka.brokers = broker.bootstrap();
+    setup(&mut cfg);
+    cfg.validate().expect("valid config");
+    let parts = Parts {
+        embedded_broker: false,
+        simulator: false,
+        edge: true,
+        worker: false,
+    };
+    let running = app::start(cfg.clone(), parts, "127.0.0.1:0")
+        .await
+        .expect("edge");
+    (broker, running, cfg)
+}
+
 /// The telemetry readings on `topic` (JSON or protobuf), read to its end
 /// as [`read_topic`] does; panics unless every event id is there once.
 pub async fn telemetry_on(bootstrap: String, topic: String) -> Vec<Envelope<TelemetryReading>> {
@@ -36,6 +69,15 @@ pub async fn telemetry_on(bootstrap: String, topic: String) -> Vec<Envelope<Tele
         .map(|r| codec::decode_any(&r.payload).expect("a telemetry envelope"))
         .collect();
     let ids: HashSet<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
+    if ids.len() != envs.len() {
+        let mut seen = std::collections::HashMap::new();
+        for e in &envs {
+            if let Some(first) = seen.insert(e.event_id.as_str(), e) {
+                eprintln!("same event id:\n  {first:?}\n  {e:?}");
+                break;
+            }
+        }
+    }
     assert_eq!(ids.len(), envs.len(), "every reading is on the topic once");
     envs
 }

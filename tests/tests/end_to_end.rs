@@ -36,6 +36,7 @@ fn config(dir: &std::path::Path) -> Config {
     let start = (marktwin_core::now_ms() / 3_600_000 - 3) * 3_600_000;
     cfg.simulator.listen = "127.0.0.1:0".into();
     cfg.simulator.modbus_listen = "127.0.0.1:0".into();
+    cfg.simulator.opcua_listen = "127.0.0.1:0".into();
     cfg.simulator.start_ms = Some(start);
     cfg.simulator.end_ms = Some(start + 30 * 60_000);
     cfg.simulator.pos_lines_per_sec = 20.0;

@@ -6,12 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use marktwin::app::{self, Parts};
-use marktwin_core::Config;
 use marktwin_core::events::{Quality, TelemetryReading};
 use marktwin_core::modbus::{Area, ByteOrder, DataType, ModbusDevice, ModbusTag};
 use marktwin_edge::modbus::reader::{DeviceReader, STATUS_NO_RESPONSE};
-use marktwin_kafka::EmbeddedBroker;
 use marktwin_tests::{Peer, free_port, telemetry_on};
 
 fn tag(name: &str, area: Area, address: u16, data_type: DataType, order: ByteOrder) -> ModbusTag {
@@ -156,27 +153,11 @@ async fn readings_reach_the_telemetry_topic_and_resume_after_a_peer_restart() {
     let port_s = port.to_string();
     let peer = Peer::start("modbus_server.py", &[&port_s]);
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    cfg.edge.pos.enabled = false;
-    // The broker runs apart from the edge, so the edge can be stopped and
-    // the topic read to its end.
-    let broker = EmbeddedBroker::start(&cfg).await.unwrap();
-    cfg.kafka.brokers = broker.bootstrap();
     let mut dev = device(port);
     dev.poll_interval_ms = 200;
     dev.max_backoff_ms = 500;
-    cfg.edge.modbus.devices = vec![dev];
-    cfg.validate().unwrap();
-    let parts = Parts {
-        embedded_broker: false,
-        simulator: false,
-        edge: true,
-        worker: false,
-    };
-    let running = app::start(cfg.clone(), parts, "127.0.0.1:0").await.unwrap();
+    let (broker, running, cfg) =
+        marktwin_tests::start_edge(dir.path(), |c| c.edge.modbus.devices = vec![dev]).await;
     let check = "source_modbus:peer";
     wait_ready(&running.readiness, check, true).await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;

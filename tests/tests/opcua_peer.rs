@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use marktwin::app::{self, Parts, Running};
+use marktwin::app::Running;
 use marktwin_core::Config;
 use marktwin_core::events::{Envelope, Quality, TelemetryReading};
 use marktwin_core::health::Readiness;
@@ -72,23 +72,7 @@ fn peer(dir: &Path, extra: &[&str]) -> (Peer, u16) {
 
 /// Broker, then an edge-only `marktwin` reading `servers`.
 async fn start_edge(dir: &Path, servers: Vec<OpcuaServer>) -> (EmbeddedBroker, Running, Config) {
-    let mut cfg = Config {
-        data_dir: dir.to_owned(),
-        ..Config::default()
-    };
-    cfg.edge.pos.enabled = false;
-    let broker = EmbeddedBroker::start(&cfg).await.unwrap();
-    cfg.kafka.brokers = broker.bootstrap();
-    cfg.edge.opcua.servers = servers;
-    cfg.validate().unwrap();
-    let parts = Parts {
-        embedded_broker: false,
-        simulator: false,
-        edge: true,
-        worker: false,
-    };
-    let running = app::start(cfg.clone(), parts, "127.0.0.1:0").await.unwrap();
-    (broker, running, cfg)
+    marktwin_tests::start_edge(dir, |c| c.edge.opcua.servers = servers).await
 }
 
 /// Stops the edge, reads the telemetry topic to its end, stops the broker.

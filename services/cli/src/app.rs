@@ -18,6 +18,7 @@ use marktwin_core::health::Readiness;
 use marktwin_edge::modbus::poller::ModbusPoller;
 use marktwin_edge::modbus::sim::{self as modbus_sim, PlantSim};
 use marktwin_edge::opcua::OpcuaSource;
+use marktwin_edge::opcua::sim::PlantOpcua;
 use marktwin_edge::sim::{self, PosSim};
 use marktwin_edge::sink::{MakeProducer, Sink};
 use marktwin_edge::spool::{Spool, SpoolConfig};
@@ -111,6 +112,16 @@ async fn bind(addr: &str) -> Result<TcpListener, Error> {
     })
 }
 
+/// `addr` checked free by binding it; port 0 becomes a free port. For
+/// servers that bind by themselves (there is a short race until they do).
+fn free_addr(addr: &str) -> Result<SocketAddr, Error> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    Ok(listener.local_addr()?)
+}
+
 /// Starts `parts` with `cfg`; the HTTP listener binds `http_listen`.
 pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<Running, Error> {
     std::fs::create_dir_all(&cfg.data_dir)?;
@@ -173,6 +184,28 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
             tokio::spawn(modbus_sim::serve(listener, plant, shutdown_rx.clone())),
         ));
         info!(addr = %maddr, lines = cfg.simulator.lines, "Modbus plant simulator listening.");
+
+        // async-opcua binds the port itself: resolve port 0 to a free one
+        // first, so the edge knows where to connect.
+        let oaddr = free_addr(&cfg.simulator.opcua_listen)?;
+        let plant = PlantOpcua {
+            lines: cfg.simulator.lines,
+            bench_points: 0,
+            tick_ms: 1_000,
+            seed: cfg.simulator.seed,
+            pki_dir: cfg.data_dir.join("pki").join("opcua-sim"),
+            max_items_per_subscription: 0,
+        };
+        if cfg.edge.opcua.servers.is_empty() {
+            cfg.edge.opcua.servers =
+                vec![plant.server_config("plant-sim", &format!("opc.tcp://{oaddr}/"))];
+        }
+        let host = oaddr.ip().to_string();
+        let rx = shutdown_rx.clone();
+        tasks.push(logged("opcua-simulator", async move {
+            plant.serve(&host, oaddr.port(), rx).await
+        }));
+        info!(addr = %oaddr, lines = cfg.simulator.lines, "OPC UA plant simulator listening.");
     }
 
     let producer = if needs_kafka {

@@ -37,10 +37,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // async-opcua warns on every start that its config file lists no
+    // endpoints; ours come from marktwin's config.
+    let default_filter = "info,rdkafka=warn,opcua_client::config=error";
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("MARKTWIN_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn")),
+                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .init();
     let cli = Cli::parse();

@@ -385,8 +385,22 @@ impl Payload for TelemetryReading {
     fn key(&self) -> String {
         self.asset.clone()
     }
+    /// Asset, tag, time — and value and status: a device clock may stamp
+    /// two different values with the same millisecond, and those are two
+    /// readings; the same value sent again (after a reconnect) is one.
     fn natural_key(&self) -> String {
-        format!("{}/{}/{}", self.asset, self.tag, self.event_time_ms())
+        let value = match (&self.value, &self.text) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => String::new(),
+        };
+        format!(
+            "{}/{}/{}/{value}/{}",
+            self.asset,
+            self.tag,
+            self.event_time_ms(),
+            self.status_code.unwrap_or_default()
+        )
     }
     fn event_time_ms(&self) -> i64 {
         self.source_time_ms

@@ -20,6 +20,9 @@ pub const EDGE_SOURCE_UP: &str = "marktwin_edge_source_up";
 /// Sessions established with a source, labels `source`, `how`
 /// (`connected`, `reactivated`, `new_session`).
 pub const EDGE_SOURCE_RECONNECTS_TOTAL: &str = "marktwin_edge_source_reconnects_total";
+/// Time from a sample (its source timestamp, else when it was received)
+/// to the broker's acknowledgement or the spool, label `source`.
+pub const EDGE_SAMPLE_TO_STORED_SECONDS: &str = "marktwin_edge_sample_to_stored_seconds";
 /// Bytes in the edge's disk spool waiting for the broker.
 pub const EDGE_SPOOL_BYTES: &str = "marktwin_edge_spool_bytes";
 

@@ -39,6 +39,7 @@ pub struct EdgeMetrics {
     pub(crate) duration: HistogramVec,
     pub(crate) up: IntGaugeVec,
     pub(crate) reconnects: IntCounterVec,
+    pub(crate) sample_age: HistogramVec,
 }
 
 impl EdgeMetrics {
@@ -83,6 +84,18 @@ impl EdgeMetrics {
             ),
             &["source", "how"],
         )?;
+        let sample_age = HistogramVec::new(
+            HistogramOpts::new(
+                m::EDGE_SAMPLE_TO_STORED_SECONDS,
+                "From a sample's timestamp to its acknowledgement or spooling.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.5,
+                5.0, 10.0, 30.0,
+            ]),
+            &["source"],
+        )?;
+        registry.register(Box::new(sample_age.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
         registry.register(Box::new(read.clone()))?;
         registry.register(Box::new(produced.clone()))?;
@@ -96,6 +109,7 @@ impl EdgeMetrics {
             duration,
             up,
             reconnects,
+            sample_age,
         })
     }
 }

@@ -100,6 +100,11 @@ impl ModbusPoller {
             }
             let ingest = now_ms();
             let mut records = Vec::with_capacity(cycle.readings.len());
+            let sampled: Vec<i64> = cycle
+                .readings
+                .iter()
+                .map(|r| r.source_time_ms.unwrap_or(ingest))
+                .collect();
             for r in cycle.readings {
                 let env = Envelope::wrap(&source, ingest, r);
                 let bytes = codec::encode(&env, self.encoding).map_err(|e| Error::Source {
@@ -119,6 +124,11 @@ impl ModbusPoller {
                 .produced
                 .with_label_values(&[source.as_str(), self.topic.as_str()])
                 .inc_by(records.len() as u64);
+            let stored = now_ms();
+            let age = self.metrics.sample_age.with_label_values(&labels);
+            for t in sampled {
+                age.observe((stored - t).max(0) as f64 / 1000.0);
+            }
             self.metrics
                 .duration
                 .with_label_values(&labels)

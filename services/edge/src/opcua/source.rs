@@ -13,6 +13,7 @@
 //! differently, the subscription the library recreated points at the wrong
 //! nodes, so it is deleted and built again from the new resolution.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +99,7 @@ type Subscribed = Result<(Active, Vec<String>), String>;
 
 /// What a session currently reads.
 struct Active {
-    subscription: Option<u32>,
+    subscriptions: Vec<u32>,
     poll_task: Option<JoinHandle<()>>,
     node_ids: Vec<(usize, NodeId)>,
 }
@@ -332,7 +333,7 @@ impl OpcuaSource {
                             active = Some(a);
                         }
                         Ok(Err(e)) => {
-                            let _ = session.disconnect().await;
+                            close(&session, events.as_mut()).await;
                             return Ended::Lost(e);
                         }
                         Err(e) if e.is_cancelled() => {}
@@ -344,10 +345,29 @@ impl OpcuaSource {
                         t.abort();
                     }
                     drop(active.take());
-                    let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
+                    close(&session, events.as_mut()).await;
                     return Ended::Shutdown;
                 },
             }
+        }
+    }
+}
+
+/// Closes the session (deleting its subscriptions on the server), polling
+/// the event loop meanwhile: the close request needs it. Gives up after 2 s.
+async fn close<S>(session: &Session, mut events: std::pin::Pin<&mut S>)
+where
+    S: futures::Stream,
+{
+    let closing = session.disconnect();
+    tokio::pin!(closing);
+    let deadline = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut closing => return,
+            _ = &mut deadline => return,
+            ev = events.next() => if ev.is_none() { return },
         }
     }
 }
@@ -434,8 +454,8 @@ async fn subscribe(
             source,
             "Nodes resolve differently now (namespaces renumbered?); subscribing again."
         );
-        if let Some(id) = prev.subscription {
-            let _ = session.delete_subscription(id).await;
+        if !prev.subscriptions.is_empty() {
+            let _ = session.delete_subscriptions(&prev.subscriptions).await;
         }
     }
     match srv.mode {
@@ -450,7 +470,7 @@ async fn subscribe(
             ));
             Ok((
                 Active {
-                    subscription: None,
+                    subscriptions: Vec::new(),
                     poll_task: Some(task),
                     node_ids,
                 },
@@ -458,53 +478,87 @@ async fn subscribe(
             ))
         }
         Mode::Subscription => {
-            let sub = session
-                .create_subscription(
-                    Duration::from_millis(srv.publishing_interval_ms),
-                    // Lifetime and keep-alive counts: the server drops the
-                    // subscription after 60 publishing intervals without a
-                    // publish request; a keep-alive comes every 10.
-                    60,
-                    10,
-                    srv.max_notifications_per_publish,
-                    0,
-                    true,
-                    Forward {
-                        tx,
-                        source: source.clone(),
-                    },
-                )
-                .await
-                .map_err(|e| format!("CreateSubscription failed: {e}"))?;
-            let revised = {
-                let state = session.subscription_state().lock();
-                state.get(sub).map(|s| s.publishing_interval())
-            };
-            info!(source, subscription = sub, requested_ms = srv.publishing_interval_ms, revised = ?revised, "Subscription created.");
             let items: Vec<MonitoredItemCreateRequest> = nodes
                 .iter()
                 .map(|n| item(&srv, n.index, n.node_id.clone(), n.deadband))
                 .collect();
+            let total = items.len();
+            let mut pending: VecDeque<MonitoredItemCreateRequest> = items.into();
+            let mut subscriptions = vec![new_subscription(&session, &srv, &tx, &source).await?];
+            let mut in_last = 0usize;
             let mut revised_sampling = 0usize;
-            for part in items.chunks(limits.items_per_call.max(1)) {
-                let results = session
-                    .create_monitored_items(sub, TimestampsToReturn::Both, part.to_vec())
+            let mut chunk = limits.items_per_call.max(1);
+            while !pending.is_empty() {
+                let n = pending.len().min(chunk);
+                let part: Vec<MonitoredItemCreateRequest> =
+                    pending.iter().take(n).cloned().collect();
+                let sub = *subscriptions.last().expect("one subscription at least");
+                let results = match session
+                    .create_monitored_items(sub, TimestampsToReturn::Both, part.clone())
                     .await
-                    .map_err(|e| {
-                        format!("CreateMonitoredItems ({} items) failed: {e}", part.len())
-                    })?;
-                for (req, r) in part.iter().zip(&results) {
+                {
+                    Ok(r) => r,
+                    // The server's MaxMonitoredItemsPerSubscription would be
+                    // passed (some servers refuse the whole call): the rest
+                    // go into another subscription, in smaller calls if even
+                    // a fresh subscription cannot take this one.
+                    Err(e) if e.status() == StatusCode::BadTooManyMonitoredItems => {
+                        if in_last > 0 {
+                            info!(
+                                source,
+                                subscription = sub,
+                                items = in_last,
+                                "Subscription full; opening another."
+                            );
+                            subscriptions
+                                .push(new_subscription(&session, &srv, &tx, &source).await?);
+                            in_last = 0;
+                        } else if n > 1 {
+                            chunk = n / 2;
+                        } else {
+                            return Err("the server takes no monitored item in a new subscription (BadTooManyMonitoredItems)".into());
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(format!("CreateMonitoredItems ({n} items) failed: {e}")),
+                };
+                pending.drain(..n);
+                let mut full = Vec::new();
+                for (req, r) in part.into_iter().zip(&results) {
                     let i = req.requested_parameters.client_handle as usize - 1;
-                    if !r.result.status_code.is_good() {
-                        let s = format!("{} ({})", srv.nodes[i].name, r.result.status_code);
+                    let status = r.result.status_code;
+                    if status == StatusCode::BadTooManyMonitoredItems {
+                        full.push(req);
+                    } else if !status.is_good() {
+                        let s = format!("{} ({status})", srv.nodes[i].name);
                         warn!(source, node = s, "OPC UA node skipped.");
                         skipped.push(s);
-                    } else if req.requested_parameters.sampling_interval >= 0.0
-                        && r.result.revised_sampling_interval
-                            != req.requested_parameters.sampling_interval
-                    {
-                        revised_sampling += 1;
+                    } else {
+                        in_last += 1;
+                        if req.requested_parameters.sampling_interval >= 0.0
+                            && r.result.revised_sampling_interval
+                                != req.requested_parameters.sampling_interval
+                        {
+                            revised_sampling += 1;
+                        }
                     }
+                }
+                if !full.is_empty() {
+                    // Refused item by item: same as above.
+                    if in_last == 0 {
+                        return Err("the server takes no monitored item in a new subscription (BadTooManyMonitoredItems)".into());
+                    }
+                    info!(
+                        source,
+                        subscription = sub,
+                        items = in_last,
+                        "Subscription full; opening another."
+                    );
+                    for req in full.into_iter().rev() {
+                        pending.push_front(req);
+                    }
+                    subscriptions.push(new_subscription(&session, &srv, &tx, &source).await?);
+                    in_last = 0;
                 }
             }
             if revised_sampling > 0 {
@@ -516,13 +570,14 @@ async fn subscribe(
             }
             info!(
                 source,
-                items = items.len(),
+                items = total,
+                subscriptions = subscriptions.len(),
                 chunk = limits.items_per_call,
                 "Monitored items created."
             );
             Ok((
                 Active {
-                    subscription: Some(sub),
+                    subscriptions,
                     poll_task: None,
                     node_ids,
                 },
@@ -530,6 +585,40 @@ async fn subscribe(
             ))
         }
     }
+}
+
+/// A subscription whose notifications go to `tx`; logs the publishing
+/// interval the server granted (the library publishes at that rate).
+async fn new_subscription(
+    session: &Session,
+    srv: &OpcuaServer,
+    tx: &mpsc::UnboundedSender<Samples>,
+    source: &str,
+) -> Result<u32, String> {
+    let sub = session
+        .create_subscription(
+            Duration::from_millis(srv.publishing_interval_ms),
+            // Lifetime and keep-alive counts: the server drops the
+            // subscription after 60 publishing intervals without a publish
+            // request; a keep-alive comes every 10.
+            60,
+            10,
+            srv.max_notifications_per_publish,
+            0,
+            true,
+            Forward {
+                tx: tx.clone(),
+                source: source.to_owned(),
+            },
+        )
+        .await
+        .map_err(|e| format!("CreateSubscription failed: {e}"))?;
+    let revised = {
+        let state = session.subscription_state().lock();
+        state.get(sub).map(|s| s.publishing_interval())
+    };
+    info!(source, subscription = sub, requested_ms = srv.publishing_interval_ms, revised = ?revised, "Subscription created.");
+    Ok(sub)
 }
 
 /// Polling mode: a Read of every node each `poll_interval_ms`, in chunks of
@@ -595,6 +684,7 @@ async fn write(
     let produced = metrics
         .produced
         .with_label_values(&[source.as_str(), topic.as_str()]);
+    let age = metrics.sample_age.with_label_values(&[source.as_str()]);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut n = batch[0].values.len();
@@ -609,6 +699,7 @@ async fn write(
         }
         let ingest = now_ms();
         let mut records = Vec::with_capacity(n);
+        let mut sampled = Vec::with_capacity(n);
         for s in &batch {
             for (handle, dv) in &s.values {
                 let Some(meta) = (*handle as usize).checked_sub(1).and_then(|i| metas.get(i))
@@ -616,9 +707,14 @@ async fn write(
                     warn!(source, handle, "Sample for an unknown client handle.");
                     continue;
                 };
-                let env = Envelope::wrap(&source, ingest, reading(meta, dv, s.received_ms));
+                let r = reading(meta, dv, s.received_ms);
+                let t = r.source_time_ms.unwrap_or(s.received_ms);
+                let env = Envelope::wrap(&source, ingest, r);
                 match codec::encode(&env, encoding) {
-                    Ok(bytes) => records.push((env.key, bytes)),
+                    Ok(bytes) => {
+                        records.push((env.key, bytes));
+                        sampled.push(t);
+                    }
                     Err(e) => {
                         error!(source, tag = meta.tag, error = %e, "Cannot encode a reading.")
                     }
@@ -633,6 +729,10 @@ async fn write(
             return;
         }
         produced.inc_by(records.len() as u64);
+        let stored = now_ms();
+        for t in sampled {
+            age.observe((stored - t).max(0) as f64 / 1000.0);
+        }
     }
 }
 
