@@ -149,7 +149,35 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
     };
 
     if needs_kafka {
-        create_topics(&cfg, &bootstrap).await?;
+        if parts.worker {
+            create_topics(&cfg, &bootstrap).await?;
+        } else {
+            // An edge starts while the broker is away (a plant restarts on
+            // its own schedule): its records go to the disk spool, and the
+            // topics are created whenever the broker answers.
+            let (c, b) = (cfg.clone(), bootstrap.clone());
+            let mut stop = shutdown_rx.clone();
+            tasks.push(logged("topics", async move {
+                let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+                loop {
+                    let ensured = tokio::select! {
+                        r = ensure_topics(&c, &b) => r,
+                        _ = stop.wait_for(|v| *v) => return Ok(()),
+                    };
+                    match ensured {
+                        Ok(()) => return Ok::<(), Error>(()),
+                        Err(e) => {
+                            let wait = backoff.next_delay();
+                            warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Broker not reachable to create topics; the edge spools meanwhile.");
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = stop.wait_for(|v| *v) => return Ok(()),
+                            }
+                        }
+                    }
+                }
+            }));
+        }
         tasks.push((
             "broker-check",
             tokio::spawn(watch_broker(
@@ -421,11 +449,13 @@ impl Running {
             let _ = w.await;
         }
         for (name, t) in self.tasks.drain(..) {
+            let abort = t.abort_handle();
             if tokio::time::timeout(Duration::from_secs(10), t)
                 .await
                 .is_err()
             {
-                warn!(task = name, "Task did not stop within 10 s.");
+                warn!(task = name, "Task did not stop within 10 s; aborted.");
+                abort.abort();
             }
         }
         if let Some(b) = self.broker.take() {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use marktwin_core::backoff::Backoff;
 use marktwin_kafka::produce_all;
 use prometheus::{IntGauge, Registry};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
@@ -90,7 +90,11 @@ impl Sink {
     }
 
     /// Replaces the producer after a failed delivery (see the module doc).
+    /// What the old one still holds is purged first: those records are in
+    /// the spool now, and a late delivery would put them on the topic twice.
     fn renew_producer(&self) {
+        self.producer()
+            .purge(PurgeConfig::default().queue().inflight());
         if let Some(p) = (self.make)() {
             *self.producer.lock().unwrap_or_else(|p| p.into_inner()) = p;
         }
@@ -123,6 +127,7 @@ impl Sink {
                     warn!(timeout = ?self.direct_timeout, "Broker did not answer in time; spooling the records.")
                 }
             }
+            self.renew_producer();
         }
         let entries: Vec<Entry> = batches
             .iter()
@@ -195,7 +200,17 @@ impl Sink {
                 }
                 continue;
             }
-            match self.send_in_order(&entries).await {
+            let sent = tokio::select! {
+                r = self.send_in_order(&entries) => r,
+                _ = shutdown.wait_for(|v| *v) => {
+                    // Stop now: the records stay in the spool for the next
+                    // start, and what librdkafka still holds is purged so
+                    // it is not delivered behind the spool's back.
+                    self.producer().purge(PurgeConfig::default().queue().inflight());
+                    break;
+                }
+            };
+            match sent {
                 Ok(()) => {
                     backoff.reset();
                     let mut spool = self.spool();
