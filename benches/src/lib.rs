@@ -2,3 +2,246 @@
 //! marktwin-benches`); each compares our path with a baseline measured in
 //! the same run, because this machine is shared and absolute times are not
 //! comparable between runs.
+//!
+//! This library holds what the process-based harnesses share: each part of
+//! a benchmark runs in its own process (the bench binary run again with
+//! `MARKTWIN_BENCH_ROLE`), so CPU time and memory are that part's alone.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use marktwin::app::{self, Parts};
+use marktwin_core::Config;
+use marktwin_kafka::EmbeddedBroker;
+
+/// A number from the environment, or `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name in parentheses; utime and stime are
+    // fields 14 and 15, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of this process, MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Measures `count` over `secs` once it moves; prints the figures line.
+pub async fn measure(count: impl Fn() -> u64, secs: u64, p99: impl Fn() -> Option<f64>) {
+    let started = Instant::now();
+    while count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no data within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Warm up: let the initial values and the first bursts pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (c0, t0, w0) = (count(), cpu_secs(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (c1, t1, wall) = (count(), cpu_secs(), w0.elapsed().as_secs_f64());
+    println!(
+        "FIGURES points_per_s={:.0} cpu_cores={:.3} rss_mib={:.1} p99_ms={}",
+        (c1 - c0) as f64 / wall,
+        (t1 - t0) / wall,
+        peak_rss_mib(),
+        p99().map_or("-".to_string(), |s| format!("{:.0}", s * 1000.0)),
+    );
+}
+
+/// One scrape of the edge's /metrics.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics");
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// The sum of every sample of the metric lines starting with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The upper bound of the bucket holding the 99th percentile.
+pub fn p99_of(text: &str) -> Option<f64> {
+    let name = "marktwin_edge_sample_to_stored_seconds_bucket{";
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= 0.99 * total)
+        .map(|(le, _)| *le)
+}
+
+/// Runs this bench binary again as `role`; returns its figures line.
+pub fn child(role: &str, envs: &[(&str, String)]) -> String {
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    cmd.env("MARKTWIN_BENCH_ROLE", role)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("child");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find(|l| l.starts_with("FIGURES "))
+        .map(|l| l.trim_start_matches("FIGURES ").to_string())
+        .unwrap_or_else(|| panic!("{role} printed no figures: {text}"))
+}
+
+/// One `key=value` of a figures line.
+pub fn field(fig: &str, key: &str) -> String {
+    fig.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or("-")
+        .to_string()
+}
+
+/// Prints the side-by-side table of a baseline and the edge.
+pub fn report(title: &str, rows: &[(&str, &str)]) {
+    println!();
+    println!("{title}");
+    println!(
+        "{:<36} {:>10} {:>10} {:>16} {:>9} {:>14}",
+        "", "points/s", "CPU cores", "points/s/core", "peak MiB", "p99 to ack ms"
+    );
+    for (name, f) in rows {
+        let pps: f64 = field(f, "points_per_s").parse().unwrap_or(0.0);
+        let cores: f64 = field(f, "cpu_cores").parse().unwrap_or(0.0);
+        println!(
+            "{:<36} {:>10.0} {:>10.2} {:>16.0} {:>9} {:>14}",
+            name,
+            pps,
+            cores,
+            if cores > 0.0 { pps / cores } else { 0.0 },
+            field(f, "rss_mib"),
+            field(f, "p99_ms")
+        );
+    }
+    println!(
+        "goal: edge >= 100000 points/s on <= 1 core, <= 150 MiB, p99 < 250 ms (p99 is the upper bound of its histogram bucket)"
+    );
+}
+
+/// Runs `marktwin edge` (configured by `setup`, producing to `bootstrap`)
+/// and measures it: points acknowledged and p99 latency from its /metrics.
+pub async fn measure_edge(
+    dir: &std::path::Path,
+    bootstrap: String,
+    secs: u64,
+    setup: impl FnOnce(&mut Config),
+) {
+    let mut cfg = Config {
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
+    cfg.kafka.brokers = bootstrap;
+    cfg.edge.pos.enabled = false;
+    setup(&mut cfg);
+    cfg.validate().expect("config");
+    let parts = Parts {
+        embedded_broker: false,
+        simulator: false,
+        edge: true,
+        worker: false,
+    };
+    let running = app::start(cfg, parts, "127.0.0.1:0").await.expect("edge");
+    let addr = running.http_addr;
+    measure(
+        || metric(&scrape(addr), "marktwin_edge_records_produced_total{") as u64,
+        secs,
+        || p99_of(&scrape(addr)),
+    )
+    .await;
+    running.shutdown().await;
+}
+
+/// The whole run of a process-based benchmark: starts this binary as the
+/// `server` role (it prints READY once it listens on `PORT`), a Tansu
+/// broker, then the `baseline` and `edge` roles one after the other, and
+/// returns their figures lines.
+pub fn run_parts(
+    rt: &tokio::runtime::Runtime,
+    points: u64,
+    secs: u64,
+    dir: &std::path::Path,
+) -> (String, String) {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut server = Command::new(std::env::current_exe().expect("exe"))
+        .env("MARKTWIN_BENCH_ROLE", "server")
+        .env("PORT", port.to_string())
+        .env("POINTS", points.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let out = server.stdout.take().expect("stdout");
+    let ready = BufReader::new(out)
+        .lines()
+        .any(|l| l.map(|l| l == "READY").unwrap_or(false));
+    if !ready {
+        let _ = server.kill();
+        let _ = server.wait();
+        panic!("the simulator did not start");
+    }
+    let cfg = Config {
+        data_dir: dir.join("broker-data"),
+        ..Config::default()
+    };
+    let broker = rt.block_on(EmbeddedBroker::start(&cfg)).expect("broker");
+    let envs = [
+        ("PORT", port.to_string()),
+        ("POINTS", points.to_string()),
+        ("SECS", secs.to_string()),
+        ("BOOTSTRAP", broker.bootstrap()),
+    ];
+    eprintln!("baseline ...");
+    let base = child("baseline", &envs);
+    eprintln!("edge ...");
+    let edge = child("edge", &envs);
+    let _ = server.kill();
+    let _ = server.wait();
+    rt.block_on(broker.stop());
+    (base, edge)
+}

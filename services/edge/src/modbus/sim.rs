@@ -15,7 +15,9 @@
 //! | 8 | uint16 | status bits: 0 running, 1 fault |
 //!
 //! Input registers 0-3: site energy, float64 DCBA, kWh. Coil `l`: line `l`
-//! running. Every other address answers IllegalDataAddress.
+//! running. With [`PlantSim::with_bench_registers`], input registers from
+//! 1000 hold uint16s that change every 100 ms (benchmark load). Every other
+//! address answers IllegalDataAddress.
 //!
 //! Each line runs a 600 s cycle (offset by 137 s per line): 480 s running,
 //! 40 s changeover, 50 s idle, 30 s fault.
@@ -44,12 +46,27 @@ const REJECT_SHARE: f64 = 0.012;
 pub struct PlantSim {
     start_ms: i64,
     lines: u16,
+    bench: u16,
 }
+
+/// First input register of the benchmark block.
+pub const BENCH_BASE: u16 = 1_000;
 
 impl PlantSim {
     /// `lines` lines whose clocks start at `start_ms`.
     pub fn new(start_ms: i64, lines: u16) -> Self {
-        PlantSim { start_ms, lines }
+        PlantSim {
+            start_ms,
+            lines,
+            bench: 0,
+        }
+    }
+
+    /// Adds `n` input registers from [`BENCH_BASE`], each a uint16 that
+    /// changes every 100 ms: the load source for the benchmark.
+    pub fn with_bench_registers(mut self, n: u16) -> Self {
+        self.bench = n.min(u16::MAX - BENCH_BASE);
+        self
     }
 
     fn phase(&self, line: u16, t: f64) -> (f64, f64) {
@@ -134,12 +151,15 @@ impl PlantSim {
                 .map(Response::ReadHoldingRegisters),
             Request::ReadInputRegisters(a, n) => {
                 let raw = self.energy_kwh(t).to_le_bytes(); // DCBA
+                let bench = u32::from(BENCH_BASE)..u32::from(BENCH_BASE) + u32::from(self.bench);
+                let tick = (t * 10.0) as u32;
                 range(a, n)
                     .map(|addr| match addr {
                         0..=3 => {
                             let i = addr as usize * 2;
                             Ok(u16::from_be_bytes([raw[i], raw[i + 1]]))
                         }
+                        a if bench.contains(&a) => Ok((tick.wrapping_add(a) & 0xFFFF) as u16),
                         _ => Err(ExceptionCode::IllegalDataAddress),
                     })
                     .collect::<Result<_, _>>()
@@ -244,9 +264,19 @@ impl PlantSim {
         );
         energy.eng_unit = Some("kWh".into());
         tags.push(energy);
+        for i in 0..self.bench {
+            tags.push(tag(
+                format!("bench.{i}"),
+                "bench".into(),
+                Area::Input,
+                BENCH_BASE + i,
+                DataType::Uint16,
+                ByteOrder::Abcd,
+            ));
+        }
         // Unique names per device: prefix the line's tags with the asset.
         for t in &mut tags {
-            if let Some(a) = t.asset.as_deref().filter(|a| *a != "site") {
+            if let Some(a) = t.asset.as_deref().filter(|a| *a != "site" && *a != "bench") {
                 t.name = format!("{a}.{}", t.name);
             }
         }
