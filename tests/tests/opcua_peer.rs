@@ -288,7 +288,7 @@ async fn read_once(srv: &OpcuaServer, data_dir: &Path) -> Result<f64, String> {
             .ok_or_else(|| "no value".to_string())
     }
     .await;
-    let _ = session.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
     handle.abort();
     result
 }
@@ -432,4 +432,35 @@ async fn polling_mode_reads_every_cycle() {
             .any(|r| r.quality != Quality::Good),
         "non-Good reads are kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_is_refused_until_its_certificate_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_peer, port) = peer(dir.path(), &[]);
+    let srv = OpcuaServer {
+        security_policy: SecurityPolicy::Basic256sha256,
+        security_mode: SecurityMode::SignAndEncrypt,
+        trust_server_certificates: false,
+        ..server(port, dir.path())
+    };
+    let refused = read_once(&srv, dir.path()).await;
+    eprintln!("untrusted: {refused:?}");
+    assert!(refused.is_err(), "an unknown server certificate is refused");
+
+    // The operator's step: move the rejected certificate to trusted/.
+    let pki = client::pki_dir(&srv, dir.path());
+    let rejected: Vec<_> = std::fs::read_dir(pki.join("rejected"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "the server's certificate waits in rejected/"
+    );
+    let name = rejected[0].file_name().unwrap();
+    std::fs::rename(&rejected[0], pki.join("trusted").join(name)).unwrap();
+    let v = read_once(&srv, dir.path()).await;
+    assert!(v.is_ok(), "trusted now: {v:?}");
 }

@@ -165,8 +165,8 @@ pub struct OpcuaServer {
     /// `<data_dir>/pki/opcua`.
     pub pki_dir: Option<PathBuf>,
     /// Trust any server certificate. Off by default: a server's certificate
-    /// must be in `<pki_dir>/trusted/certs`; a rejected one is written to
-    /// `<pki_dir>/rejected/certs` so an operator can move it.
+    /// must be in `<pki_dir>/trusted`; a rejected one is written to
+    /// `<pki_dir>/rejected` so an operator can move it.
     pub trust_server_certificates: bool,
     /// Check a trusted server certificate's host name (against the
     /// endpoint's), application URI and validity dates.

@@ -143,7 +143,7 @@ fn explain(srv: &OpcuaServer, code: StatusCode) -> String {
         ),
         StatusCode::BadCertificateUntrusted
         | StatusCode::BadSecurityChecksFailed
-        | StatusCode::BadCertificateInvalid => ": certificate not trusted; move the server's certificate from <pki_dir>/rejected/certs to <pki_dir>/trusted/certs, or the client's into the server's trust list".to_string(),
+        | StatusCode::BadCertificateInvalid => ": certificate not trusted; move the server's certificate from <pki_dir>/rejected to <pki_dir>/trusted, or the client's into the server's trust list".to_string(),
         StatusCode::BadCertificateHostNameInvalid
         | StatusCode::BadCertificateUriInvalid
         | StatusCode::BadCertificateTimeInvalid => ": the server's certificate does not match its endpoint or has expired; fix it, or set verify_server_certificates = false".to_string(),
