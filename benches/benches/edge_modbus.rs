@@ -50,7 +50,7 @@ async fn baseline(port: u16, points: u16, secs: u64) {
     };
     tokio::select! {
         _ = poll => {}
-        _ = measure(|| count.load(Ordering::Relaxed), secs, || None) => {}
+        _ = measure(|| count.load(Ordering::Relaxed), secs, Vec::new) => {}
     }
 }
 

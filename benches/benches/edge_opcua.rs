@@ -91,7 +91,7 @@ async fn baseline(port: u16, points: usize, secs: u64, dir: &std::path::Path) {
             .await
             .expect("monitored items");
     }
-    measure(|| count.load(Ordering::Relaxed), secs, || None).await;
+    measure(|| count.load(Ordering::Relaxed), secs, Vec::new).await;
 }
 
 async fn edge(port: u16, bootstrap: String, points: usize, secs: u64, dir: &std::path::Path) {

@@ -46,7 +46,9 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Measures `count` over `secs` once it moves; prints the figures line.
-pub async fn measure(count: impl Fn() -> u64, secs: u64, p99: impl Fn() -> Option<f64>) {
+/// `buckets` gives the latency histogram (upper bound, cumulative count)
+/// so far; the p99 is taken over the measured window only.
+pub async fn measure(count: impl Fn() -> u64, secs: u64, buckets: impl Fn() -> Vec<(f64, f64)>) {
     let started = Instant::now();
     while count() == 0 {
         assert!(
@@ -57,15 +59,22 @@ pub async fn measure(count: impl Fn() -> u64, secs: u64, p99: impl Fn() -> Optio
     }
     // Warm up: let the initial values and the first bursts pass.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (c0, t0, w0) = (count(), cpu_secs(), Instant::now());
+    let (c0, t0, w0, h0) = (count(), cpu_secs(), Instant::now(), buckets());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (c1, t1, wall) = (count(), cpu_secs(), w0.elapsed().as_secs_f64());
+    let (c1, t1, wall, h1) = (count(), cpu_secs(), w0.elapsed().as_secs_f64(), buckets());
+    let window: Vec<(f64, f64)> = h1
+        .iter()
+        .map(|(le, n)| {
+            let before = h0.iter().find(|(l, _)| l == le).map_or(0.0, |(_, n)| *n);
+            (*le, n - before)
+        })
+        .collect();
     println!(
         "FIGURES points_per_s={:.0} cpu_cores={:.3} rss_mib={:.1} p99_ms={}",
         (c1 - c0) as f64 / wall,
         (t1 - t0) / wall,
         peak_rss_mib(),
-        p99().map_or("-".to_string(), |s| format!("{:.0}", s * 1000.0)),
+        p99_of(&window).map_or("-".to_string(), |s| format!("{:.0}", s * 1000.0)),
     );
 }
 
@@ -87,27 +96,42 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 /// The upper bound of the bucket holding the 99th percentile.
-pub fn p99_of(text: &str) -> Option<f64> {
+pub fn p99_of(buckets: &[(f64, f64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= 0.99 * total)
+        .map(|(le, _)| *le)
+}
+
+/// The edge's sample-to-stored histogram: (upper bound, cumulative count),
+/// ascending.
+pub fn latency_buckets(text: &str) -> Vec<(f64, f64)> {
     let name = "marktwin_edge_sample_to_stored_seconds_bucket{";
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for l in text.lines().filter(|l| l.starts_with(name)) {
+        let parsed = (|| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {
                 le.parse().ok()?
             };
-            Some((le, l.rsplit(' ').next()?.parse().ok()?))
-        })
-        .collect();
+            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()?))
+        })();
+        // Sum over sources: buckets with the same bound add up.
+        if let Some((le, n)) = parsed {
+            match buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some(b) => b.1 += n,
+                None => buckets.push((le, n)),
+            }
+        }
+    }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last()?.1;
     buckets
-        .iter()
-        .find(|(_, n)| *n >= 0.99 * total)
-        .map(|(le, _)| *le)
 }
 
 /// Runs this bench binary again as `role`; returns its figures line.
@@ -188,7 +212,7 @@ pub async fn measure_edge(
     measure(
         || metric(&scrape(addr), "marktwin_edge_records_produced_total{") as u64,
         secs,
-        || p99_of(&scrape(addr)),
+        || latency_buckets(&scrape(addr)),
     )
     .await;
     running.shutdown().await;

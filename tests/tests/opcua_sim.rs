@@ -54,6 +54,18 @@ async fn a_full_subscription_spills_into_another_and_every_point_arrives() {
     let envs = telemetry_on(broker.bootstrap(), cfg.topic_name("telemetry")).await;
     broker.stop().await;
 
+    let mut lag: Vec<i64> = envs
+        .iter()
+        .map(|e| e.ingest_time_ms - e.payload.source_time_ms.unwrap_or(e.ingest_time_ms))
+        .collect();
+    lag.sort_unstable();
+    eprintln!(
+        "lag ms: p50 {} p90 {} p99 {} max {}",
+        lag[lag.len() / 2],
+        lag[lag.len() * 9 / 10],
+        lag[lag.len() * 99 / 100],
+        lag[lag.len() - 1]
+    );
     let bench: BTreeSet<&str> = envs
         .iter()
         .filter(|e| e.payload.asset == "bench")
