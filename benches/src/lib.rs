@@ -199,6 +199,8 @@ pub async fn measure_edge(
     };
     cfg.kafka.brokers = bootstrap;
     cfg.edge.pos.enabled = false;
+    cfg.edge.spool.direct_timeout_ms =
+        env_num("DIRECT_TIMEOUT_MS", cfg.edge.spool.direct_timeout_ms);
     setup(&mut cfg);
     cfg.validate().expect("config");
     let parts = Parts {
