@@ -283,10 +283,14 @@ impl ModbusConfig {
             let mut tags = HashSet::new();
             for (t, tag) in dev.tags.iter().enumerate() {
                 let at = |f: &str| format!("edge.modbus.devices[{d}].tags[{t}].{f}");
-                if tag.name.is_empty() || !tags.insert(tag.name.as_str()) {
+                let asset = tag.asset.as_deref().unwrap_or(&dev.asset);
+                if tag.name.is_empty() || !tags.insert((asset, tag.name.as_str())) {
                     return Err(Error::invalid(
                         at("name"),
-                        format!("`{}` is empty or used twice on the device", tag.name),
+                        format!(
+                            "`{}` is empty or used twice for asset `{asset}` on the device",
+                            tag.name
+                        ),
                     ));
                 }
                 let bits = tag.area.is_bits();
@@ -417,5 +421,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bacd") && e.contains("abcd"), "{e}");
+    }
+
+    #[test]
+    fn a_tag_name_repeats_across_assets_but_not_within_one() {
+        let base = cfg(GOOD).unwrap();
+        let mut dev = base.devices[0].clone();
+        let mut twin = dev.tags[0].clone();
+        twin.asset = Some("line-2".into());
+        dev.tags.push(twin.clone());
+        let ok = ModbusConfig {
+            devices: vec![dev.clone()],
+        };
+        ok.validate().unwrap();
+        twin.asset = None;
+        dev.tags.push(twin);
+        let e = ModbusConfig { devices: vec![dev] }
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("used twice for asset"), "{e}");
     }
 }

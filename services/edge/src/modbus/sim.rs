@@ -274,12 +274,6 @@ impl PlantSim {
                 ByteOrder::Abcd,
             ));
         }
-        // Unique names per device: prefix the line's tags with the asset.
-        for t in &mut tags {
-            if let Some(a) = t.asset.as_deref().filter(|a| *a != "site" && *a != "bench") {
-                t.name = format!("{a}.{}", t.name);
-            }
-        }
         ModbusDevice {
             name: name.into(),
             address: address.into(),
@@ -372,21 +366,21 @@ mod tests {
             "{:?}",
             c.readings
         );
-        let get = |n: &str| {
+        let get = |asset: &str, n: &str| {
             c.readings
                 .iter()
-                .find(|r| r.tag == n)
+                .find(|r| r.asset == asset && r.tag == n)
                 .unwrap()
                 .value
                 .unwrap()
         };
         // 100 s in, line 1 runs (phase 100 s) at about 400 packs/min.
-        assert_eq!(get("line-1.state"), 1.0);
-        assert!((get("line-1.speed") - 400.0).abs() <= 15.0);
-        assert!(get("line-1.good_count") > 600.0);
-        assert_eq!(get("line-1.running"), 1.0);
-        assert!(get("energy") > 1000.0);
-        assert!((get("line-1.motor_temp") - 62.0).abs() <= 8.1);
+        assert_eq!(get("line-1", "state"), 1.0);
+        assert!((get("line-1", "speed") - 400.0).abs() <= 15.0);
+        assert!(get("line-1", "good_count") > 600.0);
+        assert_eq!(get("line-1", "running"), 1.0);
+        assert!(get("site", "energy") > 1000.0);
+        assert!((get("line-1", "motor_temp") - 62.0).abs() <= 8.1);
         tx.send(true).unwrap();
         server.await.unwrap();
     }
