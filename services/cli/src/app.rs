@@ -150,33 +150,24 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
 
     if needs_kafka {
         if parts.worker {
-            create_topics(&cfg, &bootstrap).await?;
+            // The worker reads the topics: they must exist. A broker that
+            // was just started may still be electing itself.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            create_topics(
+                cfg.clone(),
+                bootstrap.clone(),
+                Some(deadline),
+                shutdown_rx.clone(),
+            )
+            .await?;
         } else {
             // An edge starts while the broker is away (a plant restarts on
             // its own schedule): its records go to the disk spool, and the
             // topics are created whenever the broker answers.
-            let (c, b) = (cfg.clone(), bootstrap.clone());
-            let mut stop = shutdown_rx.clone();
-            tasks.push(logged("topics", async move {
-                let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-                loop {
-                    let ensured = tokio::select! {
-                        r = ensure_topics(&c, &b) => r,
-                        _ = stop.wait_for(|v| *v) => return Ok(()),
-                    };
-                    match ensured {
-                        Ok(()) => return Ok::<(), Error>(()),
-                        Err(e) => {
-                            let wait = backoff.next_delay();
-                            warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Broker not reachable to create topics; the edge spools meanwhile.");
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = stop.wait_for(|v| *v) => return Ok(()),
-                            }
-                        }
-                    }
-                }
-            }));
+            tasks.push(logged(
+                "topics",
+                create_topics(cfg.clone(), bootstrap.clone(), None, shutdown_rx.clone()),
+            ));
         }
         tasks.push((
             "broker-check",
@@ -376,19 +367,33 @@ fn serve(
     })
 }
 
-/// Creates missing topics, retrying for up to a minute: a broker that was
-/// just started may still be electing itself.
-async fn create_topics(cfg: &Config, bootstrap: &str) -> Result<(), Error> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+/// Creates missing topics, retrying with backoff until `deadline`, or for
+/// ever when there is none. Returns early (Ok) when `stop` turns true.
+async fn create_topics(
+    cfg: Config,
+    bootstrap: String,
+    deadline: Option<tokio::time::Instant>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let cap = if deadline.is_some() { 5 } else { 30 };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(cap));
     loop {
-        match ensure_topics(cfg, bootstrap).await {
+        let ensured = tokio::select! {
+            r = ensure_topics(&cfg, &bootstrap) => r,
+            _ = stop.wait_for(|v| *v) => return Ok(()),
+        };
+        let e = match ensured {
             Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                warn!(error = %e, "Creating topics failed; retrying.");
-                tokio::time::sleep(backoff.next_delay()).await;
+            Err(e) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => e,
+        };
+        let wait = backoff.next_delay();
+        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Creating topics failed; retrying (an edge spools meanwhile).");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|v| *v) => return Ok(()),
         }
     }
 }

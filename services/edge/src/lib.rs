@@ -7,7 +7,11 @@
 //!   before anything leaves the edge;
 //! - [`cursor`]: durable cursors, so a restart neither repeats nor skips;
 //! - [`poller`]: the incremental HTTP poller that ties them together and
-//!   produces with acknowledgement, rejects going to the dead-letter topic.
+//!   produces with acknowledgement, rejects going to the dead-letter topic;
+//! - [`modbus`], [`opcua`]: the industrial connectors and their simulators;
+//! - [`telemetry`]: where those connectors' readings go;
+//! - [`sink`], [`spool`]: acknowledged produce, or the disk spool while the
+//!   broker is away.
 
 pub mod cursor;
 pub mod error;
@@ -19,6 +23,7 @@ pub mod pseudonym;
 pub mod sim;
 pub mod sink;
 pub mod spool;
+pub mod telemetry;
 
 pub use error::{Error, Result};
 pub use poller::{EdgeMetrics, PosPoller};

@@ -4,11 +4,8 @@
 use std::time::{Duration, Instant};
 
 use marktwin_core::backoff::Backoff;
-use marktwin_core::codec;
-use marktwin_core::events::Envelope;
 use marktwin_core::health::Readiness;
 use marktwin_core::modbus::ModbusDevice;
-use marktwin_core::topics::{Encoding, id};
 use marktwin_core::{Config, now_ms};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -16,19 +13,14 @@ use tracing::info;
 
 use super::reader::DeviceReader;
 use crate::EdgeMetrics;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sink::Sink;
+use crate::telemetry::TelemetryOut;
 
 /// Polls one device and produces one `telemetry_reading` per tag per poll.
 pub struct ModbusPoller {
     reader: DeviceReader,
-    source: String,
-    readiness_name: String,
-    topic: String,
-    encoding: Encoding,
-    sink: Sink,
-    metrics: EdgeMetrics,
-    readiness: Readiness,
+    out: TelemetryOut,
 }
 
 impl ModbusPoller {
@@ -42,14 +34,8 @@ impl ModbusPoller {
     ) -> Self {
         let source = format!("modbus:{}", dev.name);
         ModbusPoller {
-            readiness_name: format!("source_{source}"),
-            source,
+            out: TelemetryOut::new(cfg, source, sink, metrics, readiness),
             reader: DeviceReader::new(dev),
-            topic: cfg.topic_name(id::TELEMETRY),
-            encoding: cfg.topic(id::TELEMETRY).encoding,
-            sink,
-            metrics,
-            readiness,
         }
     }
 
@@ -58,7 +44,12 @@ impl ModbusPoller {
     /// the broker did not acknowledge are sent again before the next poll.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let dev = self.reader.device().clone();
-        let source = self.source.clone();
+        let source = self.out.source().to_owned();
+        let duration = self
+            .out
+            .metrics()
+            .duration
+            .with_label_values(&[source.as_str()]);
         let mut ticker = tokio::time::interval(Duration::from_millis(dev.poll_interval_ms));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut backoff = Backoff::new(
@@ -73,66 +64,29 @@ impl ModbusPoller {
             }
             let started = Instant::now();
             let cycle = self.reader.cycle().await;
-            let labels = [source.as_str()];
-            self.metrics
-                .read
-                .with_label_values(&labels)
-                .inc_by(cycle.readings.len() as u64);
             let up = !cycle.disconnected;
-            self.metrics
-                .up
-                .with_label_values(&labels)
-                .set(i64::from(up));
             if up {
                 backoff.reset();
-                self.readiness.set(
-                    self.readiness_name.clone(),
-                    true,
-                    format!("{source} answers at {}", dev.address),
-                );
+                self.out
+                    .set_ready(true, format!("{source} answers at {}", dev.address));
             } else {
-                self.metrics.errors.with_label_values(&labels).inc();
-                self.readiness.set(
-                    self.readiness_name.clone(),
-                    false,
-                    format!("{source}: no answer from {}", dev.address),
-                );
+                self.out.failed();
+                self.out
+                    .set_ready(false, format!("{source}: no answer from {}", dev.address));
             }
-            let ingest = now_ms();
-            let mut records = Vec::with_capacity(cycle.readings.len());
-            let sampled: Vec<i64> = cycle
+            let answered = now_ms();
+            let readings = cycle
                 .readings
-                .iter()
-                .map(|r| r.source_time_ms.unwrap_or(ingest))
+                .into_iter()
+                .map(|r| {
+                    let t = r.source_time_ms.unwrap_or(answered);
+                    (r, t)
+                })
                 .collect();
-            for r in cycle.readings {
-                let env = Envelope::wrap(&source, ingest, r);
-                let bytes = codec::encode(&env, self.encoding).map_err(|e| Error::Source {
-                    source_name: source.clone(),
-                    detail: e.to_string(),
-                })?;
-                records.push((env.key, bytes));
-            }
-            if !self
-                .sink
-                .send_until_stored(&self.topic, &source, &records, &mut shutdown)
-                .await
-            {
+            if !self.out.store(readings, &mut shutdown).await {
                 break;
             }
-            self.metrics
-                .produced
-                .with_label_values(&[source.as_str(), self.topic.as_str()])
-                .inc_by(records.len() as u64);
-            let stored = now_ms();
-            let age = self.metrics.sample_age.with_label_values(&labels);
-            for t in sampled {
-                age.observe((stored - t).max(0) as f64 / 1000.0);
-            }
-            self.metrics
-                .duration
-                .with_label_values(&labels)
-                .observe(started.elapsed().as_secs_f64());
+            duration.observe(started.elapsed().as_secs_f64());
             if !up {
                 let d = backoff.next_delay();
                 tokio::select! {

@@ -40,7 +40,8 @@ fn limit(server: Option<u32>, configured: u32) -> usize {
     }
 }
 
-fn value_id(node_id: NodeId) -> ReadValueId {
+/// A read of the Value attribute of `node_id`.
+pub(crate) fn value_id(node_id: NodeId) -> ReadValueId {
     ReadValueId {
         node_id,
         attribute_id: AttributeId::Value as u32,

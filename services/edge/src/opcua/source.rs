@@ -20,21 +20,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use marktwin_core::backoff::Backoff;
-use marktwin_core::codec;
-use marktwin_core::events::Envelope;
 use marktwin_core::health::Readiness;
 use marktwin_core::opcua::{Mode, OpcuaServer};
-use marktwin_core::topics::{Encoding, id};
 use marktwin_core::{Config, now_ms};
 use opcua::client::{
     MonitoredItemMap, OnSubscriptionNotificationCore, Session, SessionConnectMode,
     SessionPollResult,
 };
 use opcua::types::{
-    AttributeId, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DataValue,
-    DeadbandType, ExtensionObject, MonitoredItemCreateRequest, MonitoringMode,
-    MonitoringParameters, NodeId, NotificationMessage, ReadValueId, StatusChangeNotification,
-    StatusCode, TimestampsToReturn,
+    DataChangeFilter, DataChangeNotification, DataChangeTrigger, DataValue, DeadbandType,
+    ExtensionObject, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
+    NotificationMessage, ReadValueId, StatusChangeNotification, StatusCode, TimestampsToReturn,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -42,9 +38,10 @@ use tracing::{error, info, warn};
 
 use super::client;
 use super::convert::{TagMeta, reading};
-use super::resolve::{Limits, Resolution, read_limits, resolve};
+use super::resolve::{Limits, Resolution, read_limits, resolve, value_id};
 use crate::EdgeMetrics;
 use crate::sink::Sink;
+use crate::telemetry::TelemetryOut;
 
 /// Samples of one publish (or one polling read): client handle (node index
 /// + 1) and value, with the time they arrived.
@@ -117,12 +114,7 @@ pub struct OpcuaSource {
     srv: OpcuaServer,
     data_dir: PathBuf,
     source: String,
-    readiness_name: String,
-    topic: String,
-    encoding: Encoding,
-    sink: Sink,
-    metrics: EdgeMetrics,
-    readiness: Readiness,
+    out: TelemetryOut,
     metas: Arc<Vec<TagMeta>>,
 }
 
@@ -177,44 +169,26 @@ impl OpcuaSource {
             })
             .collect();
         OpcuaSource {
-            readiness_name: format!("source_{source}"),
+            out: TelemetryOut::new(cfg, source.clone(), sink, metrics, readiness),
             source,
             data_dir: cfg.data_dir.clone(),
-            topic: cfg.topic_name(id::TELEMETRY),
-            encoding: cfg.topic(id::TELEMETRY).encoding,
-            sink,
-            metrics,
-            readiness,
             metas: Arc::new(metas),
             srv,
         }
     }
 
-    fn set_ready(&self, ready: bool, reason: String) {
-        self.readiness
-            .set(self.readiness_name.clone(), ready, reason);
-        self.metrics
-            .up
-            .with_label_values(&[self.source.as_str()])
-            .set(i64::from(ready));
-    }
-
     /// Reads the server until `shutdown` turns true; never gives up.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> crate::Result<()> {
         info!(source = self.source, endpoint = self.srv.endpoint, nodes = self.srv.nodes.len(), mode = ?self.srv.mode, "OPC UA source starting.");
-        self.set_ready(
+        self.out.set_ready(
             false,
             format!("{}: connecting to {}", self.source, self.srv.endpoint),
         );
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write(
             rx,
-            self.sink.clone(),
-            self.topic.clone(),
-            self.encoding,
-            self.source.clone(),
+            self.out.clone(),
             self.metas.clone(),
-            self.metrics.clone(),
             shutdown.clone(),
         ));
         let mut backoff = Backoff::new(
@@ -230,10 +204,7 @@ impl OpcuaSource {
                 }
                 Ended::Failed(r) => r,
             };
-            self.metrics
-                .errors
-                .with_label_values(&[self.source.as_str()])
-                .inc();
+            self.out.failed();
             let wait = backoff.next_delay();
             warn!(
                 source = self.source,
@@ -241,7 +212,8 @@ impl OpcuaSource {
                 retry_in_ms = wait.as_millis() as u64,
                 "OPC UA session ended; starting a new one."
             );
-            self.set_ready(false, format!("{}: {reason}", self.source));
+            self.out
+                .set_ready(false, format!("{}: {reason}", self.source));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
@@ -271,7 +243,6 @@ impl OpcuaSource {
         let mut active: Option<Active> = None;
         let mut setup: Option<JoinHandle<Subscribed>> = None;
         let mut connected = false;
-        let labels = [self.source.as_str()];
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
@@ -288,8 +259,8 @@ impl OpcuaSource {
                         };
                         connected = true;
                         info!(source = self.source, how, "OPC UA session up.");
-                        self.metrics.reconnects.with_label_values(&[self.source.as_str(), how]).inc();
-                        self.set_ready(true, format!("{} connected to {}", self.source, self.srv.endpoint));
+                        self.out.metrics().reconnects.with_label_values(&[self.source.as_str(), how]).inc();
+                        self.out.set_ready(true, format!("{} connected to {}", self.source, self.srv.endpoint));
                         if matches!(mode, SessionConnectMode::NewSession(_)) {
                             if let Some(t) = setup.take() {
                                 t.abort();
@@ -305,9 +276,9 @@ impl OpcuaSource {
                         }
                     }
                     Some(Ok(SessionPollResult::ConnectionLost(code))) => {
-                        self.metrics.errors.with_label_values(&labels).inc();
+                        self.out.failed();
                         warn!(source = self.source, status = %code, "OPC UA connection lost; reconnecting.");
-                        self.set_ready(false, format!("{}: connection lost ({code}); reconnecting", self.source));
+                        self.out.set_ready(false, format!("{}: connection lost ({code}); reconnecting", self.source));
                     }
                     Some(Ok(SessionPollResult::ReconnectFailed(code))) => {
                         let why = explain(&self.srv, code);
@@ -316,7 +287,7 @@ impl OpcuaSource {
                         } else {
                             warn!(source = self.source, reason = why, "OPC UA connect failed.");
                         }
-                        self.set_ready(false, format!("{}: {why}", self.source));
+                        self.out.set_ready(false, format!("{}: {why}", self.source));
                     }
                     Some(Ok(_)) => {}
                 },
@@ -329,7 +300,7 @@ impl OpcuaSource {
                             } else {
                                 format!("{} reads {} nodes at {}; skipped: {}", self.source, a.node_ids.len(), self.srv.endpoint, skipped.join("; "))
                             };
-                            self.set_ready(true, reason);
+                            self.out.set_ready(true, reason);
                             active = Some(a);
                         }
                         Ok(Err(e)) => {
@@ -398,11 +369,7 @@ fn item(
         None => ExtensionObject::null(),
     };
     MonitoredItemCreateRequest {
-        item_to_monitor: ReadValueId {
-            node_id,
-            attribute_id: AttributeId::Value as u32,
-            ..Default::default()
-        },
+        item_to_monitor: value_id(node_id),
         monitoring_mode: MonitoringMode::Reporting,
         requested_parameters: MonitoringParameters {
             client_handle: index as u32 + 1,
@@ -636,14 +603,7 @@ async fn poll(
     loop {
         ticker.tick().await;
         for part in node_ids.chunks(limits.nodes_per_read.max(1)) {
-            let ids: Vec<ReadValueId> = part
-                .iter()
-                .map(|(_, n)| ReadValueId {
-                    node_id: n.clone(),
-                    attribute_id: AttributeId::Value as u32,
-                    ..Default::default()
-                })
-                .collect();
+            let ids: Vec<ReadValueId> = part.iter().map(|(_, n)| value_id(n.clone())).collect();
             match session.read(&ids, TimestampsToReturn::Both, 0.0).await {
                 Ok(values) => {
                     let values = part
@@ -667,24 +627,14 @@ async fn poll(
     }
 }
 
-/// Turns samples into envelopes and hands them to the sink, batching what
-/// has queued up meanwhile.
-#[allow(clippy::too_many_arguments)]
+/// Turns samples into readings and stores them, batching what has queued
+/// up meanwhile.
 async fn write(
     mut rx: mpsc::UnboundedReceiver<Samples>,
-    sink: Sink,
-    topic: String,
-    encoding: Encoding,
-    source: String,
+    out: TelemetryOut,
     metas: Arc<Vec<TagMeta>>,
-    metrics: EdgeMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let read = metrics.read.with_label_values(&[source.as_str()]);
-    let produced = metrics
-        .produced
-        .with_label_values(&[source.as_str(), topic.as_str()]);
-    let age = metrics.sample_age.with_label_values(&[source.as_str()]);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut n = batch[0].values.len();
@@ -697,41 +647,24 @@ async fn write(
                 Err(_) => break,
             }
         }
-        let ingest = now_ms();
-        let mut records = Vec::with_capacity(n);
-        let mut sampled = Vec::with_capacity(n);
+        let mut readings = Vec::with_capacity(n);
         for s in &batch {
             for (handle, dv) in &s.values {
                 let Some(meta) = (*handle as usize).checked_sub(1).and_then(|i| metas.get(i))
                 else {
-                    warn!(source, handle, "Sample for an unknown client handle.");
+                    warn!(
+                        source = out.source(),
+                        handle, "Sample for an unknown client handle."
+                    );
                     continue;
                 };
                 let r = reading(meta, dv, s.received_ms);
                 let t = r.source_time_ms.unwrap_or(s.received_ms);
-                let env = Envelope::wrap(&source, ingest, r);
-                match codec::encode(&env, encoding) {
-                    Ok(bytes) => {
-                        records.push((env.key, bytes));
-                        sampled.push(t);
-                    }
-                    Err(e) => {
-                        error!(source, tag = meta.tag, error = %e, "Cannot encode a reading.")
-                    }
-                }
+                readings.push((r, t));
             }
         }
-        read.inc_by(records.len() as u64);
-        if !sink
-            .send_until_stored(&topic, &source, &records, &mut shutdown)
-            .await
-        {
+        if !out.store(readings, &mut shutdown).await {
             return;
-        }
-        produced.inc_by(records.len() as u64);
-        let stored = now_ms();
-        for t in sampled {
-            age.observe((stored - t).max(0) as f64 / 1000.0);
         }
     }
 }

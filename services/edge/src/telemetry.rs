@@ -1,0 +1,125 @@
+//! Where a telemetry source's readings go: envelopes on the telemetry
+//! topic through the sink (acknowledged or spooled), with the source's
+//! counters, latency histogram, `up` gauge and readiness check. Shared by
+//! the Modbus pollers and the OPC UA sources.
+
+use marktwin_core::codec;
+use marktwin_core::events::{Envelope, TelemetryReading};
+use marktwin_core::health::Readiness;
+use marktwin_core::topics::{Encoding, id};
+use marktwin_core::{Config, now_ms};
+use prometheus::{Histogram, IntCounter, IntGauge};
+use tokio::sync::watch;
+use tracing::error;
+
+use crate::EdgeMetrics;
+use crate::sink::Sink;
+
+/// The telemetry output of one source (`modbus:<name>`, `opcua:<name>`).
+#[derive(Clone)]
+pub struct TelemetryOut {
+    source: String,
+    readiness_name: String,
+    topic: String,
+    encoding: Encoding,
+    sink: Sink,
+    readiness: Readiness,
+    metrics: EdgeMetrics,
+    read: IntCounter,
+    produced: IntCounter,
+    age: Histogram,
+    up: IntGauge,
+    errors: IntCounter,
+}
+
+impl TelemetryOut {
+    /// The output of `source`; its readiness check is `source_<source>`.
+    pub fn new(
+        cfg: &Config,
+        source: String,
+        sink: Sink,
+        metrics: EdgeMetrics,
+        readiness: Readiness,
+    ) -> Self {
+        let topic = cfg.topic_name(id::TELEMETRY);
+        let one = [source.as_str()];
+        TelemetryOut {
+            readiness_name: format!("source_{source}"),
+            encoding: cfg.topic(id::TELEMETRY).encoding,
+            read: metrics.read.with_label_values(&one),
+            produced: metrics
+                .produced
+                .with_label_values(&[source.as_str(), topic.as_str()]),
+            age: metrics.sample_age.with_label_values(&one),
+            up: metrics.up.with_label_values(&one),
+            errors: metrics.errors.with_label_values(&one),
+            topic,
+            sink,
+            readiness,
+            metrics,
+            source,
+        }
+    }
+
+    /// The source name written into each envelope.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The edge's metrics, for what only one kind of source reports.
+    pub fn metrics(&self) -> &EdgeMetrics {
+        &self.metrics
+    }
+
+    /// Sets the source's readiness check and its `up` gauge.
+    pub fn set_ready(&self, ready: bool, reason: impl Into<String>) {
+        self.readiness
+            .set(self.readiness_name.clone(), ready, reason);
+        self.up.set(i64::from(ready));
+    }
+
+    /// Counts a failed read, connect or session.
+    pub fn failed(&self) {
+        self.errors.inc();
+    }
+
+    /// Wraps `readings` (each with the time it was sampled, for the latency
+    /// histogram) in envelopes and stores them: acknowledged, or spooled.
+    /// While the spool is full it waits, so the source pauses. False when
+    /// `shutdown` came first.
+    pub async fn store(
+        &self,
+        readings: Vec<(TelemetryReading, i64)>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        self.read.inc_by(readings.len() as u64);
+        let ingest = now_ms();
+        let mut records = Vec::with_capacity(readings.len());
+        let mut sampled = Vec::with_capacity(readings.len());
+        for (r, t) in readings {
+            let env = Envelope::wrap(&self.source, ingest, r);
+            match codec::encode(&env, self.encoding) {
+                Ok(bytes) => {
+                    records.push((env.key, bytes));
+                    sampled.push(t);
+                }
+                Err(e) => {
+                    error!(source = self.source, tag = env.payload.tag, error = %e, "Cannot encode a reading.")
+                }
+            }
+        }
+        if !self
+            .sink
+            .send_until_stored(&self.topic, &self.source, &records, shutdown)
+            .await
+        {
+            return false;
+        }
+        self.produced.inc_by(records.len() as u64);
+        let stored = now_ms();
+        for t in sampled {
+            self.age.observe((stored - t).max(0) as f64 / 1000.0);
+        }
+        true
+    }
+}
