@@ -28,6 +28,15 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// Sends logs to the test's output, filtered by `RUST_LOG` (errors only
+/// when unset); later calls do nothing.
+pub fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// A broker of its own, then `marktwin` with only the edge running,
 /// configured by `setup` (sources, intervals) on a fresh config whose data
 /// directory is `dir`. Returns the broker, the edge and the config used.

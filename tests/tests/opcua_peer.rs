@@ -251,10 +251,7 @@ async fn a_wrong_password_is_refused_with_a_clear_reason() {
 
 /// Connects with `srv` and reads GoodCount once.
 async fn read_once(srv: &OpcuaServer, data_dir: &Path) -> Result<f64, String> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    marktwin_tests::log_to_test_output();
     let (session, event_loop) = client::connect(srv, data_dir)
         .await
         .map_err(|e| e.to_string())?;

@@ -13,10 +13,7 @@ use marktwin_tests::{free_port, telemetry_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_subscription_spills_into_another_and_every_point_arrives() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    marktwin_tests::log_to_test_output();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let plant = PlantOpcua {

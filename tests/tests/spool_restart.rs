@@ -38,10 +38,7 @@ fn spooled(cfg: &Config) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_records_survive_an_edge_restart_and_reach_the_broker_once() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    marktwin_tests::log_to_test_output();
     let dir = tempfile::tempdir().unwrap();
     let broker_port = free_port();
     let mut cfg = Config {
