@@ -198,7 +198,6 @@ pub async fn measure_edge(
         ..Config::default()
     };
     cfg.kafka.brokers = bootstrap;
-    cfg.edge.pos.enabled = false;
     cfg.edge.spool.direct_timeout_ms =
         env_num("DIRECT_TIMEOUT_MS", cfg.edge.spool.direct_timeout_ms);
     setup(&mut cfg);

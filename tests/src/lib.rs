@@ -48,24 +48,53 @@ pub async fn start_edge(
         data_dir: dir.to_owned(),
         ..Config::default()
     };
-    cfg.edge.pos.enabled = false;
     // The broker runs apart from the edge, so the edge can be stopped and
     // the topic read to its end.
     let broker = EmbeddedBroker::start(&cfg).await.expect("broker");
     cfg.kafka.brokers = broker.bootstrap();
     setup(&mut cfg);
     cfg.validate().expect("valid config");
-    let parts = Parts {
-        embedded_broker: false,
-        simulator: false,
-        edge: true,
-        worker: false,
-    };
-    let running = app::start(cfg.clone(), parts, "127.0.0.1:0")
+    let running = app::start(cfg.clone(), EDGE_ONLY, "127.0.0.1:0")
         .await
         .expect("edge");
     (broker, running, cfg)
 }
+
+/// The sum of every series of metric `name` (all label sets) that the
+/// process at `addr` serves on `/metrics`; 0 when there is none.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `marktwin` with only the edge, on `cfg` (a config from [`start_edge`])
+/// and the broker at `bootstrap`: the edge restarted.
+pub async fn restart_edge(cfg: &Config, bootstrap: String) -> Running {
+    let mut cfg = cfg.clone();
+    cfg.kafka.brokers = bootstrap;
+    app::start(cfg, EDGE_ONLY, "127.0.0.1:0")
+        .await
+        .expect("edge")
+}
+
+/// Only the edge: no embedded broker, simulator or worker.
+pub const EDGE_ONLY: Parts = Parts {
+    embedded_broker: false,
+    simulator: false,
+    edge: true,
+    worker: false,
+};
 
 /// The telemetry readings on `topic` (JSON or protobuf), read to its end
 /// as [`read_topic`] does; panics unless every event id is there once.

@@ -18,10 +18,10 @@ use marktwin_core::codec;
 use marktwin_core::config::TopicOverride;
 use marktwin_core::events::{Envelope, EventKind, PosTransaction};
 use marktwin_core::topics::Encoding;
-use marktwin_edge::pos::map_record;
+use marktwin_edge::clean::{Cleaner, Outcome};
 use marktwin_edge::pseudonym::Pseudonymiser;
-use marktwin_edge::sim::PosSim;
-use marktwin_tests::read_topic;
+use marktwin_edge::sim::{self, PosSim};
+use marktwin_tests::{metric, read_topic};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -34,14 +34,18 @@ fn config(dir: &std::path::Path) -> Config {
     // A finite, fixed data set: 30 minutes of sales at 20 lines/s, in the
     // past, so all of it is released at once.
     let start = (marktwin_core::now_ms() / 3_600_000 - 3) * 3_600_000;
-    cfg.simulator.listen = "127.0.0.1:0".into();
+    // Only the POS source, on a port known up front.
+    let port = marktwin_kafka::broker::free_port().unwrap();
+    cfg.simulator.listen = format!("127.0.0.1:{port}");
+    let mut pos = sim::sources(&cfg.simulator.listen).remove(0);
+    pos.page_size = 1000;
+    cfg.edge.http = vec![pos];
     cfg.simulator.modbus_listen = "127.0.0.1:0".into();
     cfg.simulator.opcua_listen = "127.0.0.1:0".into();
     cfg.simulator.start_ms = Some(start);
     cfg.simulator.end_ms = Some(start + 30 * 60_000);
     cfg.simulator.pos_lines_per_sec = 20.0;
     cfg.simulator.stores = 200;
-    cfg.edge.pos.page_size = 1000;
     cfg.worker.publish_interval_ms = 200;
     cfg
 }
@@ -56,7 +60,9 @@ struct Expected {
 
 fn expected(cfg: &Config) -> Expected {
     let sim = PosSim::new(&cfg.simulator, cfg.simulator.start_ms.unwrap());
-    let pseudo = Pseudonymiser::from_config(cfg).unwrap();
+    let pseudo = Arc::new(Pseudonymiser::from_config(cfg).unwrap());
+    let src = &cfg.edge.http[0];
+    let mut cleaner = Cleaner::new(cfg, &src.source, src.map.as_ref().unwrap(), pseudo, false);
     let mut e = Expected {
         good: Vec::new(),
         rejects: 0,
@@ -67,9 +73,13 @@ fn expected(cfg: &Config) -> Expected {
         if let Some(p) = raw["mobile"].as_str() {
             e.phones.insert(p.to_owned());
         }
-        match map_record(&raw, &pseudo) {
-            Ok(t) => e.good.push(t),
-            Err(_) => e.rejects += 1,
+        match cleaner.clean(&raw, 0) {
+            Outcome::Good(c) => {
+                let env: Envelope<PosTransaction> = codec::decode_any(&c.bytes).unwrap();
+                e.good.push(env.payload);
+            }
+            Outcome::Rejected(_) => e.rejects += 1,
+            Outcome::Duplicate => panic!("the simulator repeats no sale"),
         }
     }
     e
@@ -350,19 +360,6 @@ async fn pos_sales_survive_a_restart_of_the_whole_stack() {
     running.shutdown().await;
 }
 
-/// Scrapes `name` from the process's `/metrics`.
-async fn metric(running: &Running, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", running.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The broker is stopped for longer than librdkafka's `message.timeout.ms`
 /// while the simulator keeps releasing sales in real time: the edge spools
 /// to disk, sends everything in order when the broker is back, and the
@@ -378,7 +375,7 @@ async fn pos_sales_survive_a_broker_outage_longer_than_the_message_timeout() {
     cfg.simulator.start_ms = Some(now - 30_000);
     cfg.simulator.end_ms = Some(now + 25_000);
     cfg.simulator.pos_lines_per_sec = 300.0;
-    cfg.edge.pos.poll_interval_ms = 200;
+    cfg.edge.http[0].poll_interval_ms = 200;
     cfg.edge.spool.direct_timeout_ms = 2_000;
     cfg.edge.spool.fsync = "always".into();
     // Shorter than the outage below, so librdkafka gives up on what it holds.
@@ -403,7 +400,7 @@ async fn pos_sales_survive_a_broker_outage_longer_than_the_message_timeout() {
     let mut spooled_max = 0.0f64;
     for _ in 0..24 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        spooled_max = spooled_max.max(metric(&running, "marktwin_edge_spool_bytes").await);
+        spooled_max = spooled_max.max(metric(running.http_addr, "marktwin_edge_spool_bytes").await);
     }
     assert!(
         spooled_max > 0.0,
@@ -422,7 +419,10 @@ async fn pos_sales_survive_a_broker_outage_longer_than_the_message_timeout() {
     let query = "SELECT CAST(day AS VARCHAR) AS day, store_code, sku_code, lines, quantity, amount \
                  FROM pos_daily_sales ORDER BY day, store_code, sku_code";
     assert_rows_equal(&sql(&running, query).await, &want);
-    assert_eq!(metric(&running, "marktwin_edge_spool_bytes").await, 0.0);
+    assert_eq!(
+        metric(running.http_addr, "marktwin_edge_spool_bytes").await,
+        0.0
+    );
 
     let bootstrap = broker.bootstrap();
     let topic = cfg.topic_name("pos");

@@ -6,21 +6,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use marktwin::app::{self, Parts};
+use marktwin::app;
 use marktwin_core::Config;
 use marktwin_core::codec;
 use marktwin_core::events::{Envelope, TelemetryReading};
 use marktwin_edge::modbus::sim::{self as modbus_sim, PlantSim};
 use marktwin_edge::spool::{Spool, SpoolConfig};
 use marktwin_kafka::EmbeddedBroker;
-use marktwin_tests::{free_port, telemetry_on};
-
-const EDGE: Parts = Parts {
-    embedded_broker: false,
-    simulator: false,
-    edge: true,
-    worker: false,
-};
+use marktwin_tests::{EDGE_ONLY, free_port, metric, telemetry_on};
 
 /// The event ids waiting in the edge's spool.
 fn spooled(cfg: &Config) -> Vec<String> {
@@ -45,7 +38,6 @@ async fn spooled_records_survive_an_edge_restart_and_reach_the_broker_once() {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
-    cfg.edge.pos.enabled = false;
     cfg.kafka.brokers = format!("127.0.0.1:{broker_port}");
     cfg.kafka.embedded_port = broker_port;
     cfg.edge.spool.direct_timeout_ms = 300;
@@ -63,7 +55,9 @@ async fn spooled_records_survive_an_edge_restart_and_reach_the_broker_once() {
     cfg.validate().unwrap();
 
     // Broker away: the edge starts anyway and spools.
-    let running = app::start(cfg.clone(), EDGE, "127.0.0.1:0").await.unwrap();
+    let running = app::start(cfg.clone(), EDGE_ONLY, "127.0.0.1:0")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     running.shutdown().await;
     let waiting = spooled(&cfg);
@@ -78,11 +72,13 @@ async fn spooled_records_survive_an_edge_restart_and_reach_the_broker_once() {
     let _ = stop_sim.send(true);
     cfg.edge.modbus.devices.clear();
     let broker = EmbeddedBroker::start(&cfg).await.unwrap();
-    let running = app::start(cfg.clone(), EDGE, "127.0.0.1:0").await.unwrap();
+    let running = app::start(cfg.clone(), EDGE_ONLY, "127.0.0.1:0")
+        .await
+        .unwrap();
     let mut drained = false;
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if spooled_bytes(running.http_addr).await == Some(0) {
+        if metric(running.http_addr, "marktwin_edge_spool_bytes").await == 0.0 {
             drained = true;
             break;
         }
@@ -98,20 +94,4 @@ async fn spooled_records_survive_an_edge_restart_and_reach_the_broker_once() {
         .count();
     assert_eq!(missing, 0, "every spooled reading is on the topic");
     assert_eq!(envs.len(), waiting.len(), "and nothing else, once");
-}
-
-/// `marktwin_edge_spool_bytes` of the running edge.
-async fn spooled_bytes(addr: std::net::SocketAddr) -> Option<u64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("marktwin_edge_spool_bytes "))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
 }

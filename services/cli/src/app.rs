@@ -15,14 +15,18 @@ use marktwin_board::{BoardState, router};
 use marktwin_core::Config;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
+use marktwin_edge::EdgeMetrics;
+use marktwin_edge::folder::FolderSource;
+use marktwin_edge::fusion::Fusion;
+use marktwin_edge::http::HttpPoller;
 use marktwin_edge::modbus::poller::ModbusPoller;
 use marktwin_edge::modbus::sim::{self as modbus_sim, PlantSim};
 use marktwin_edge::opcua::OpcuaSource;
 use marktwin_edge::opcua::sim::PlantOpcua;
-use marktwin_edge::sim::{self, PosSim};
+use marktwin_edge::pseudonym::Pseudonymiser;
+use marktwin_edge::sim;
 use marktwin_edge::sink::{MakeProducer, Sink};
 use marktwin_edge::spool::{Spool, SpoolConfig};
-use marktwin_edge::{EdgeMetrics, PosPoller};
 use marktwin_kafka::{DeadLetterSink, EmbeddedBroker, ensure_topics, producer};
 use marktwin_worker::{Tables, Worker, WorkerMetrics};
 use prometheus::Registry;
@@ -187,7 +191,13 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         // The edge polls the address actually bound (port 0 picks one).
         cfg.simulator.listen = addr.to_string();
         let start_ms = sim::start_ms(&cfg)?;
-        let app = sim::router(Arc::new(PosSim::new(&cfg.simulator, start_ms)));
+        let app = sim::router(Arc::new(sim::Api::new(&cfg, start_ms)));
+        if cfg.edge.http.is_empty() && cfg.simulator.api_sources {
+            cfg.edge.http = sim::sources(&addr.to_string());
+            if cfg.edge.fusion.is_empty() {
+                cfg.edge.fusion = sim::fusion();
+            }
+        }
         tasks.push(("simulator", serve(listener, app, shutdown_rx.clone())));
         info!(%addr, start_ms, "Simulator listening.");
         simulator_addr = Some(addr);
@@ -253,7 +263,8 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
                 spool,
                 Duration::from_millis(cfg.edge.spool.direct_timeout_ms),
                 &registry,
-            )?;
+            )?
+            .with_fusion(Fusion::new(&cfg.edge.fusion, &cfg.units));
             tasks.push((
                 "edge-spool",
                 tokio::spawn(sink.clone().drain(shutdown_rx.clone())),
@@ -273,12 +284,32 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         }
     }
 
-    if parts.edge && cfg.edge.pos.enabled {
-        let (Some((sink, m)), Some(d)) = (edge.clone(), dead_letters.clone()) else {
-            unreachable!("edge implies kafka");
-        };
-        let poller = PosPoller::new(&cfg, sink, d, m, readiness.clone())?;
-        tasks.push(logged("edge-pos", poller.run(shutdown_rx.clone())));
+    if let (Some((sink, m)), Some(d)) = (&edge, &dead_letters) {
+        let pseudo = Arc::new(Pseudonymiser::from_config(&cfg)?);
+        for src in cfg.edge.http.iter().filter(|h| h.enabled) {
+            let poller = HttpPoller::new(
+                &cfg,
+                src.clone(),
+                sink.clone(),
+                d.clone(),
+                m.clone(),
+                readiness.clone(),
+                pseudo.clone(),
+            )?;
+            tasks.push(logged("edge-http", poller.run(shutdown_rx.clone())));
+        }
+        for src in cfg.edge.drop_folders.iter().filter(|f| f.enabled) {
+            let folder = FolderSource::new(
+                &cfg,
+                src.clone(),
+                sink.clone(),
+                d.clone(),
+                m.clone(),
+                readiness.clone(),
+                pseudo.clone(),
+            )?;
+            tasks.push(logged("edge-folder", folder.run(shutdown_rx.clone())));
+        }
     }
 
     let worker_stop = Arc::new(AtomicBool::new(false));

@@ -204,6 +204,21 @@ pub struct SimulatorConfig {
     pub regions: u32,
     /// POS transaction lines per second of simulated time.
     pub pos_lines_per_sec: f64,
+    /// Business systems' API credential the simulator demands
+    /// (`Authorization: Bearer <token>`); absent: none.
+    pub api_token: Option<String>,
+    /// Answer every n-th API request with HTTP 503 (0: never), to show
+    /// retries at work.
+    pub api_fail_every: u64,
+    /// Answer HTTP 429 with `Retry-After` beyond this many API requests per
+    /// second (0: no limit).
+    pub api_max_requests_per_sec: f64,
+    /// When `edge.http` is empty, poll the simulator's POS, ERP, CRM, SCM
+    /// and WMS APIs (and fuse SCM and WMS stock when `edge.fusion` is
+    /// empty).
+    pub api_sources: bool,
+    /// Warehouses of the simulated supply chain.
+    pub warehouses: u32,
     /// Hours of history available at the first start.
     pub history_hours: u32,
     /// Fixed start of simulated time, ms since epoch. When absent, the first
@@ -228,6 +243,11 @@ impl Default for SimulatorConfig {
             skus: 40,
             regions: 12,
             pos_lines_per_sec: 50.0,
+            api_token: None,
+            api_fail_every: 0,
+            api_max_requests_per_sec: 0.0,
+            api_sources: true,
+            warehouses: 4,
             history_hours: 48,
             start_ms: None,
             end_ms: None,
@@ -242,8 +262,15 @@ pub struct EdgeConfig {
     /// Address of the edge's health and metrics listener when run on its own
     /// (`marktwin edge`).
     pub listen: String,
-    /// The cloud-POS poller.
-    pub pos: HttpPollerConfig,
+    /// Business sources over HTTP JSON (ERP, CRM, SCM, cloud POS). Empty
+    /// while the simulator runs: the simulator's APIs are polled.
+    pub http: Vec<crate::sources::HttpSource>,
+    /// Folders ERP exports are dropped into.
+    pub drop_folders: Vec<crate::sources::DropFolder>,
+    /// Cleaning applied to every business record before it reaches a topic.
+    pub cleaning: crate::sources::CleaningConfig,
+    /// Readings of one object from several sources, combined.
+    pub fusion: Vec<crate::sources::FusionConfig>,
     /// Modbus TCP devices.
     pub modbus: crate::modbus::ModbusConfig,
     /// OPC UA servers.
@@ -288,49 +315,13 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             listen: "127.0.0.1:8093".into(),
-            pos: HttpPollerConfig::default(),
+            http: Vec::new(),
+            drop_folders: Vec::new(),
+            cleaning: crate::sources::CleaningConfig::default(),
+            fusion: Vec::new(),
             modbus: crate::modbus::ModbusConfig::default(),
             opcua: crate::opcua::OpcuaConfig::default(),
             spool: SpoolConfig::default(),
-        }
-    }
-}
-
-/// An incremental HTTP JSON poller.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpPollerConfig {
-    /// Run this poller.
-    pub enabled: bool,
-    /// Source name written into each envelope and used for the cursor file.
-    pub source: String,
-    /// Endpoint URL; the poller adds `cursor` and `limit` query parameters.
-    /// Empty: the built-in simulator's endpoint.
-    pub url: String,
-    /// Pause between polls once caught up, ms.
-    pub poll_interval_ms: u64,
-    /// Records asked for per request.
-    pub page_size: u32,
-    /// Request timeout, ms.
-    pub timeout_ms: u64,
-    /// Upper bound of the retry backoff, ms.
-    pub max_backoff_ms: u64,
-    /// Name of an environment variable whose value is sent as the
-    /// `Authorization` header (never logged).
-    pub auth_header_env: Option<String>,
-}
-
-impl Default for HttpPollerConfig {
-    fn default() -> Self {
-        HttpPollerConfig {
-            enabled: true,
-            source: "pos-cloud".into(),
-            url: String::new(),
-            poll_interval_ms: 1000,
-            page_size: 2000,
-            timeout_ms: 10_000,
-            max_backoff_ms: 30_000,
-            auth_header_env: None,
         }
     }
 }
@@ -553,10 +544,17 @@ impl Config {
             ("simulator.stores", s.stores),
             ("simulator.skus", s.skus),
             ("simulator.regions", s.regions),
+            ("simulator.warehouses", s.warehouses),
         ] {
             if v == 0 {
                 return Err(bad(field, "must be at least 1"));
             }
+        }
+        if !(s.api_max_requests_per_sec.is_finite() && s.api_max_requests_per_sec >= 0.0) {
+            return Err(bad(
+                "simulator.api_max_requests_per_sec",
+                "must be 0 (no limit) or more",
+            ));
         }
         if !(s.pos_lines_per_sec.is_finite()
             && s.pos_lines_per_sec > 0.0
@@ -568,34 +566,12 @@ impl Config {
             ));
         }
         addr("edge.listen", &self.edge.listen)?;
-        let p = &self.edge.pos;
-        if p.enabled {
-            if !(p.url.is_empty() || p.url.starts_with("http://") || p.url.starts_with("https://"))
-            {
-                return Err(bad(
-                    "edge.pos.url",
-                    "must start with http:// or https://, or be empty for the built-in simulator",
-                ));
-            }
-            if p.url.is_empty() && !s.enabled {
-                return Err(bad(
-                    "edge.pos.url",
-                    "is empty but the simulator is disabled; give the POS API's URL",
-                ));
-            }
-            if p.source.is_empty() || p.source.contains(['/', '\\']) {
-                return Err(bad(
-                    "edge.pos.source",
-                    "must be a non-empty name without slashes",
-                ));
-            }
-            if !(1..=100_000).contains(&p.page_size) {
-                return Err(bad("edge.pos.page_size", "must be between 1 and 100000"));
-            }
-            if p.timeout_ms == 0 {
-                return Err(bad("edge.pos.timeout_ms", "must be at least 1"));
-            }
-        }
+        crate::sources::validate(
+            &self.edge.http,
+            &self.edge.drop_folders,
+            &self.edge.cleaning,
+            &self.edge.fusion,
+        )?;
         let w = &self.worker;
         if w.instances == 0 {
             return Err(bad("worker.instances", "must be at least 1"));
@@ -658,15 +634,6 @@ impl Config {
     /// The broker-side name of topic `id`: the prefix plus its name.
     pub fn topic_name(&self, id: &str) -> String {
         format!("{}{}", self.kafka.topic_prefix, self.topic(id).name)
-    }
-
-    /// The POS endpoint the edge polls.
-    pub fn pos_url(&self) -> String {
-        if self.edge.pos.url.is_empty() {
-            format!("http://{}/pos/transactions", self.simulator.listen)
-        } else {
-            self.edge.pos.url.clone()
-        }
     }
 }
 

@@ -28,7 +28,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope<P> {
     /// Deterministic id: hex SHA-256 (first 16 bytes) of the source and the
-    /// record's natural key. The same source record always gets the same id.
+    /// record's natural key (and, for kinds a source may correct, its
+    /// content). The same source record always gets the same id.
     pub event_id: String,
     /// What the payload is.
     pub kind: EventKind,
@@ -372,6 +373,11 @@ pub trait Payload: Serialize + DeserializeOwned + JsonSchema + Clone + Send + 's
     fn natural_key(&self) -> String;
     /// When the fact happened, ms since epoch.
     fn event_time_ms(&self) -> i64;
+    /// Whether the source may send a corrected version of a record under
+    /// the same natural key (master data, orders, plans, counts). The event
+    /// id of such a record also covers its content, so a correction is a
+    /// new event while a resent identical record is recognised as a replay.
+    const MUTABLE: bool = true;
 }
 
 fn date_ms(d: NaiveDate) -> i64 {
@@ -381,6 +387,7 @@ fn date_ms(d: NaiveDate) -> i64 {
 }
 
 impl Payload for TelemetryReading {
+    const MUTABLE: bool = false;
     const KIND: EventKind = EventKind::TelemetryReading;
     fn key(&self) -> String {
         self.asset.clone()
@@ -493,6 +500,7 @@ impl Payload for Retailer {
 }
 
 impl Payload for PosTransaction {
+    const MUTABLE: bool = false;
     const KIND: EventKind = EventKind::PosTransaction;
     fn key(&self) -> String {
         self.store_code.clone()
@@ -506,6 +514,7 @@ impl Payload for PosTransaction {
 }
 
 impl Payload for PriceObservation {
+    const MUTABLE: bool = false;
     const KIND: EventKind = EventKind::PriceObservation;
     fn key(&self) -> String {
         self.region.clone()
@@ -521,18 +530,29 @@ impl Payload for PriceObservation {
 /// The deterministic event id of a record: hex of the first 16 bytes of
 /// SHA-256 over `source`, a NUL byte and the natural key.
 pub fn event_id(source: &str, natural_key: &str) -> String {
+    event_id_of(source, natural_key, None)
+}
+
+/// [`event_id`], followed by a NUL byte and `content` when given (the
+/// payload's JSON for [`Payload::MUTABLE`] kinds).
+pub fn event_id_of(source: &str, natural_key: &str, content: Option<&[u8]>) -> String {
     let mut h = Sha256::new();
     h.update(source.as_bytes());
     h.update([0u8]);
     h.update(natural_key.as_bytes());
+    if let Some(c) = content {
+        h.update([0u8]);
+        h.update(c);
+    }
     hex::encode(&h.finalize()[..16])
 }
 
 impl<P: Payload> Envelope<P> {
     /// Wraps a payload read by `source` at `ingest_time_ms`.
     pub fn wrap(source: &str, ingest_time_ms: i64, payload: P) -> Self {
+        let content = P::MUTABLE.then(|| serde_json::to_vec(&payload).unwrap_or_default());
         Envelope {
-            event_id: event_id(source, &payload.natural_key()),
+            event_id: event_id_of(source, &payload.natural_key(), content.as_deref()),
             kind: P::KIND,
             source: source.to_owned(),
             schema_version: SCHEMA_VERSION,
@@ -576,6 +596,37 @@ mod tests {
         assert_eq!(a.key, "S0001");
         assert_eq!(a.kind, EventKind::PosTransaction);
         assert_eq!(a.event_time_ms, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn corrections_of_mutable_kinds_get_new_ids_facts_do_not() {
+        let r = Retailer {
+            retailer_id: "R1".into(),
+            name: "A".into(),
+            region: "X".into(),
+            grade: Some("A".into()),
+            licence_no: "L".into(),
+            latitude: None,
+            longitude: None,
+        };
+        let regraded = Retailer {
+            grade: Some("B".into()),
+            ..r.clone()
+        };
+        assert_eq!(
+            Envelope::wrap("crm", 1, r.clone()).event_id,
+            Envelope::wrap("crm", 2, r.clone()).event_id
+        );
+        assert_ne!(
+            Envelope::wrap("crm", 1, r).event_id,
+            Envelope::wrap("crm", 1, regraded).event_id
+        );
+        // A POS line is a fact: its id is its natural key alone.
+        let mut p = pos();
+        let a = Envelope::wrap("pos-a", 1, p.clone()).event_id;
+        p.sku_name = "renamed".into();
+        assert_eq!(a, Envelope::wrap("pos-a", 1, p).event_id);
+        assert_eq!(a, event_id("pos-a", "S0001/O-1/1"));
     }
 
     #[test]

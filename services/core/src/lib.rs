@@ -25,6 +25,7 @@ pub mod modbus;
 pub mod opcua;
 pub mod proto_sync;
 pub mod schema;
+pub mod sources;
 pub mod topics;
 
 /// A file of the repository, for tests: found from `CARGO_MANIFEST_DIR` as

@@ -23,6 +23,18 @@ pub const EDGE_SOURCE_RECONNECTS_TOTAL: &str = "marktwin_edge_source_reconnects_
 /// Time from a sample (its source timestamp, else when it was received)
 /// to the broker's acknowledgement or the spool, label `source`.
 pub const EDGE_SAMPLE_TO_STORED_SECONDS: &str = "marktwin_edge_sample_to_stored_seconds";
+/// Records the edge's cleaning held back, labels `source`, `reason`
+/// (`duplicate` is suppressed and not dead-lettered; every other reason is
+/// also on the dead-letter topic).
+pub const EDGE_RECORDS_REJECTED_TOTAL: &str = "marktwin_edge_records_rejected_total";
+/// Events written by a fusion rule, label `fusion`.
+pub const EDGE_FUSED_TOTAL: &str = "marktwin_edge_fused_total";
+/// Files a drop folder finished, labels `source`, `outcome` (`done`,
+/// `failed`).
+pub const EDGE_FILES_TOTAL: &str = "marktwin_edge_files_total";
+/// 1 while the edge's spool refuses records (full, or the disk failed):
+/// the sources are paused until the broker takes records again.
+pub const EDGE_SPOOL_REFUSING: &str = "marktwin_edge_spool_refusing";
 /// Bytes in the edge's disk spool waiting for the broker.
 pub const EDGE_SPOOL_BYTES: &str = "marktwin_edge_spool_bytes";
 

@@ -26,7 +26,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The cursor of one source, stored as text in one file.
+/// The position of one source (a cursor, a watermark, a file offset),
+/// stored as text in one file.
 #[derive(Debug, Clone)]
 pub struct CursorStore {
     path: PathBuf,
@@ -42,26 +43,41 @@ impl CursorStore {
         })
     }
 
-    /// The stored cursor; 0 when none was stored.
-    pub fn load(&self) -> std::io::Result<u64> {
+    /// The stored position; `None` when none was stored.
+    pub fn load(&self) -> std::io::Result<Option<String>> {
         match std::fs::read_to_string(&self.path) {
-            Ok(t) => t.trim().parse().map_err(|e| {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stored position read as JSON `T`; the default when none was
+    /// stored. An unreadable file is an error naming it.
+    pub fn load_json<T: serde::de::DeserializeOwned + Default>(&self) -> std::io::Result<T> {
+        match self.load()? {
+            None => Ok(T::default()),
+            Some(t) => serde_json::from_str(&t).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("{}: {e}", self.path.display()),
                 )
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e),
         }
     }
 
-    /// Stores `cursor` durably.
-    pub fn store(&self, cursor: u64) -> std::io::Result<()> {
-        write_atomic(&self.path, cursor.to_string().as_bytes())
+    /// Stores `text` durably.
+    pub fn store(&self, text: &str) -> std::io::Result<()> {
+        write_atomic(&self.path, text.as_bytes())
     }
 
-    /// Where the cursor lives.
+    /// Stores `value` as JSON, durably.
+    pub fn store_json<T: serde::Serialize>(&self, value: &T) -> std::io::Result<()> {
+        let text = serde_json::to_string(value).map_err(std::io::Error::other)?;
+        self.store(&text)
+    }
+
+    /// Where the position lives.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -75,11 +91,11 @@ mod tests {
     fn cursor_survives_a_new_store() {
         let dir = tempfile::tempdir().unwrap();
         let a = CursorStore::new(dir.path(), "pos").unwrap();
-        assert_eq!(a.load().unwrap(), 0);
-        a.store(42).unwrap();
-        a.store(4242).unwrap();
+        assert_eq!(a.load().unwrap(), None);
+        a.store("42").unwrap();
+        a.store("4242").unwrap();
         let b = CursorStore::new(dir.path(), "pos").unwrap();
-        assert_eq!(b.load().unwrap(), 4242);
+        assert_eq!(b.load().unwrap().as_deref(), Some("4242"));
     }
 
     #[test]
@@ -87,7 +103,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = CursorStore::new(dir.path(), "pos").unwrap();
         std::fs::write(a.path(), "garbage").unwrap();
-        let e = a.load().unwrap_err().to_string();
+        let e = a.load_json::<Vec<u8>>().unwrap_err().to_string();
         assert!(e.contains("pos.cursor"), "{e}");
     }
 }

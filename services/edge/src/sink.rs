@@ -30,7 +30,10 @@ use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::fusion::{Fused, Fusion};
 use crate::spool::{Entry, Spool, SpoolError};
+use marktwin_core::events::EventKind;
+use serde_json::Value;
 
 /// Records for one topic: `(key, value)`.
 pub type Batch<'a> = (&'a str, &'a [(String, Vec<u8>)]);
@@ -47,6 +50,8 @@ pub struct Sink {
     wake: Arc<Notify>,
     direct_timeout: Duration,
     spooled: IntGauge,
+    refusing: IntGauge,
+    fusion: Arc<Mutex<Fusion>>,
 }
 
 impl Sink {
@@ -64,6 +69,11 @@ impl Sink {
             "Bytes in the edge's disk spool waiting for the broker.",
         )?;
         registry.register(Box::new(spooled.clone()))?;
+        let refusing = IntGauge::new(
+            marktwin_core::metrics::EDGE_SPOOL_REFUSING,
+            "1 while the spool refuses records (full or disk error); sources are paused.",
+        )?;
+        registry.register(Box::new(refusing.clone()))?;
         spooled.set(spool.bytes() as i64);
         let producer = make().ok_or_else(|| {
             prometheus::Error::Msg("cannot create the edge's Kafka producer".into())
@@ -75,7 +85,31 @@ impl Sink {
             wake: Arc::new(Notify::new()),
             direct_timeout,
             spooled,
+            refusing,
+            fusion: Arc::default(),
         })
+    }
+
+    /// The sink with `fusion`'s rules applied to what the sources offer.
+    pub fn with_fusion(mut self, fusion: Fusion) -> Self {
+        self.fusion = Arc::new(Mutex::new(fusion));
+        self
+    }
+
+    /// Whether records of `kind` from `source` take part in a fusion rule.
+    pub fn fuses(&self, source: &str, kind: EventKind) -> bool {
+        self.fusion
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wants(source, kind)
+    }
+
+    /// Offers a cleaned record to the fusion rules; the fused events.
+    pub fn fuse(&self, source: &str, kind: EventKind, payload: &Value, time_ms: i64) -> Vec<Fused> {
+        self.fusion
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .offer(source, kind, payload, time_ms)
     }
 
     fn spool(&self) -> MutexGuard<'_, Spool> {
@@ -121,7 +155,10 @@ impl Sink {
                 Ok::<_, marktwin_kafka::Error>(())
             };
             match tokio::time::timeout(self.direct_timeout, direct).await {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => {
+                    self.refusing.set(0);
+                    return Ok(());
+                }
                 Ok(Err(e)) => warn!(error = %e, "Broker did not take the records; spooling them."),
                 Err(_) => {
                     warn!(timeout = ?self.direct_timeout, "Broker did not answer in time; spooling the records.")
@@ -140,7 +177,11 @@ impl Sink {
             })
             .collect();
         let mut spool = self.spool();
-        spool.append(&entries)?;
+        if let Err(e) = spool.append(&entries) {
+            self.refusing.set(1);
+            return Err(e);
+        }
+        self.refusing.set(0);
         self.spooled.set(spool.bytes() as i64);
         drop(spool);
         self.wake.notify_one();
@@ -152,18 +193,17 @@ impl Sink {
     /// (backpressure). False when `shutdown` came first.
     pub async fn send_until_stored(
         &self,
-        topic: &str,
+        batches: &[Batch<'_>],
         source: &str,
-        records: &[(String, Vec<u8>)],
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            match self.send(&[(topic, records)]).await {
+            match self.send(batches).await {
                 Ok(()) => return true,
                 Err(e) => {
                     let d = backoff.next_delay();
-                    warn!(source, topic, error = %e, retry_in_ms = d.as_millis() as u64, "Cannot store readings; reading paused.");
+                    warn!(source, error = %e, retry_in_ms = d.as_millis() as u64, "Cannot store readings; reading paused.");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
                         r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return false },

@@ -19,34 +19,15 @@
 //! `{"records": [...], "nextCursor": N', "hasMore": bool}` with records in
 //! the vendor's own field names (camelCase, RFC 3339 times).
 
-use std::sync::Arc;
-
-use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use marktwin_core::config::SimulatorConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::{mix, pack_price, unit_f64};
+
 const SLOTS_PER_ORDER: u64 = 3;
 const VARIANTS: [&str; 4] = ["Classic", "Slim", "Blue", "Gold"];
-
-/// SplitMix64 over (seed, stream, index): a counter-based generator, so any
-/// record can be computed directly from its index. `rand`'s generators are
-/// sequential and would need replaying from the start.
-fn mix(seed: u64, stream: u64, i: u64) -> u64 {
-    let mut z =
-        seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn unit_f64(x: u64) -> f64 {
-    (x >> 11) as f64 / (1u64 << 53) as f64
-}
 
 /// The deterministic POS record generator.
 #[derive(Clone, Debug)]
@@ -128,7 +109,7 @@ impl PosSim {
             (Value::Null, Value::Null)
         };
         let sku = (self.skus as f64 * unit_f64(mix(self.seed, 5, i)).powi(2)) as u64;
-        let pack_price = 10.0 + (mix(self.seed, 6, sku) % 11) as f64 * 5.0;
+        let pack_price = pack_price(self.seed, sku);
         let carton = unit_f64(mix(self.seed, 7, i)) < 0.12;
         let (unit, price, qty) = if carton {
             ("carton", pack_price * 10.0, 1 + mix(self.seed, 8, i) % 2)
@@ -179,51 +160,6 @@ impl PosSim {
             has_more: i < released,
         }
     }
-}
-
-#[derive(Deserialize)]
-struct PageQuery {
-    #[serde(default)]
-    cursor: u64,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    1000
-}
-
-async fn transactions(State(sim): State<Arc<PosSim>>, Query(q): Query<PageQuery>) -> Json<Page> {
-    let limit = q.limit.clamp(1, 10_000);
-    Json(sim.page(q.cursor, limit, marktwin_core::now_ms()))
-}
-
-/// The simulator's HTTP API.
-pub fn router(sim: Arc<PosSim>) -> Router {
-    Router::new()
-        .route("/pos/transactions", get(transactions))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(sim)
-}
-
-/// Start of simulated time: the configured one, or the one stored in
-/// `<data_dir>/simulator/start_ms` by the first start (written then), so a
-/// restarted simulator serves the same records.
-pub fn start_ms(cfg: &marktwin_core::Config) -> std::io::Result<i64> {
-    if let Some(s) = cfg.simulator.start_ms {
-        return Ok(s);
-    }
-    let dir = cfg.data_dir.join("simulator");
-    let path = dir.join("start_ms");
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && let Ok(v) = text.trim().parse()
-    {
-        return Ok(v);
-    }
-    std::fs::create_dir_all(&dir)?;
-    let start = marktwin_core::now_ms() - i64::from(cfg.simulator.history_hours) * 3_600_000;
-    crate::cursor::write_atomic(&path, start.to_string().as_bytes())?;
-    Ok(start)
 }
 
 #[cfg(test)]
