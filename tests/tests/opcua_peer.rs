@@ -461,3 +461,72 @@ async fn an_untrusted_server_is_refused_until_its_certificate_is_trusted() {
     let v = read_once(&srv, dir.path()).await;
     assert!(v.is_ok(), "trusted now: {v:?}");
 }
+
+/// Kills the client side of every TCP connection to `port` (`ss -K`, which
+/// needs root and a kernel with socket destroy); false when it cannot.
+fn cut_connections_to(port: u16) -> bool {
+    std::process::Command::new("ss")
+        .args(["-K", "dst", "127.0.0.1", "dport", "=", &format!(":{port}")])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ESTAB"))
+}
+
+/// The network drops the connection while the server keeps running: the
+/// client opens a new secure channel and reactivates its session, so the
+/// subscription (and its monitored items) carries on without being made
+/// anew, and readings resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_reactivates_the_session_and_readings_resume() {
+    marktwin_tests::log_to_test_output();
+    let dir = tempfile::tempdir().unwrap();
+    let (_peer, port) = peer(dir.path(), &[]);
+    let (broker, running, cfg) = start_edge(dir.path(), vec![server(port, dir.path())]).await;
+    wait_ready(
+        &running.readiness,
+        "source_opcua:peer",
+        true,
+        "reads 1 node",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reactivated =
+        r#"marktwin_edge_source_reconnects_total{how="reactivated",source="opcua:peer"}"#;
+    let before = marktwin_tests::metric(running.http_addr, reactivated).await;
+    if !cut_connections_to(port) {
+        eprintln!("SKIPPED: `ss -K` cannot cut connections here (needs root and socket destroy)");
+        collect(broker, running, &cfg).await;
+        return;
+    }
+    let cut_ms = marktwin_core::now_ms();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while marktwin_tests::metric(running.http_addr, reactivated).await <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session was reactivated after the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_sessions = marktwin_tests::metric(
+        running.http_addr,
+        r#"marktwin_edge_source_reconnects_total{how="new_session",source="opcua:peer"}"#,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let envs = collect(broker, running, &cfg).await;
+    let after: Vec<_> = readings(&envs, "good_count")
+        .into_iter()
+        .filter(|r| r.source_time_ms.unwrap_or_default() > cut_ms + 500)
+        .collect();
+    let all = readings(&envs, "good_count");
+    eprintln!(
+        "{} readings after the cut; {new_sessions} new sessions; last reading {} ms after the cut, {} in all",
+        after.len(),
+        all.last()
+            .and_then(|r| r.source_time_ms)
+            .unwrap_or_default()
+            - cut_ms,
+        all.len()
+    );
+    assert!(after.len() >= 5, "readings resumed: {}", after.len());
+    assert_eq!(new_sessions, 0.0, "the session was kept, not made anew");
+}

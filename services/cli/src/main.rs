@@ -97,7 +97,9 @@ async fn main() -> anyhow::Result<()> {
         println!("  tables     http://{http}/api/tables");
     }
     if let Some(s) = running.simulator_addr {
-        println!("  simulator  http://{s}/pos/transactions?cursor=0&limit=5");
+        println!(
+            "  simulators http://{s}/pos/transactions?limit=5  /crm/retailers?top=5  /erp/allocation-orders?pageSize=5  /scm/inventory?limit=5  /wms/stock?limit=5"
+        );
     }
     if let Some(b) = running.broker() {
         println!(

@@ -261,18 +261,21 @@ impl OpcuaSource {
                         info!(source = self.source, how, "OPC UA session up.");
                         self.out.metrics().reconnects.with_label_values(&[self.source.as_str(), how]).inc();
                         self.out.set_ready(true, format!("{} connected to {}", self.source, self.srv.endpoint));
-                        if matches!(mode, SessionConnectMode::NewSession(_)) {
+                        let reactivated = matches!(mode, SessionConnectMode::ReactivatedSession(_));
+                        if !reactivated || active.is_some() {
                             if let Some(t) = setup.take() {
                                 t.abort();
                             }
                             let previous = active.take();
-                            setup = Some(tokio::spawn(subscribe(
-                                session.clone(),
-                                self.srv.clone(),
-                                tx.clone(),
-                                self.source.clone(),
-                                previous,
-                            )));
+                            let (session, srv, tx, source) =
+                                (session.clone(), self.srv.clone(), tx.clone(), self.source.clone());
+                            setup = Some(tokio::spawn(async move {
+                                if reactivated {
+                                    keep_or_subscribe(session, srv, tx, source, previous).await
+                                } else {
+                                    subscribe(session, srv, tx, source, previous).await
+                                }
+                            }));
                         }
                     }
                     Some(Ok(SessionPollResult::ConnectionLost(code))) => {
@@ -391,6 +394,49 @@ fn item(
 /// polling task. `previous` is what the last session read; when the new
 /// resolution gives the same NodeIds the library's transferred or
 /// recreated subscription is kept. Returns the skipped nodes with reasons.
+/// After a reactivated session: keeps the subscriptions when the server
+/// still has them, else subscribes anew (a server may drop them with the
+/// connection and keep the session).
+///
+/// The check (SetPublishingMode) also matters when they survived: after a
+/// reactivation async-opcua 0.19 sent no more publish requests, so the
+/// source stayed silent for ever with a healthy session, until a
+/// subscription service call woke its publish loop (found by
+/// `tests/tests/opcua_peer.rs`, which cuts the connection under a running
+/// server: no sample after the cut without this call, samples every 100 ms
+/// with it).
+async fn keep_or_subscribe(
+    session: Arc<Session>,
+    srv: OpcuaServer,
+    tx: mpsc::UnboundedSender<Samples>,
+    source: String,
+    previous: Option<Active>,
+) -> Subscribed {
+    if let Some(prev) = previous {
+        if prev.subscriptions.is_empty() {
+            return Ok((prev, Vec::new())); // polling mode: nothing on the server
+        }
+        match session.set_publishing_mode(&prev.subscriptions, true).await {
+            Ok(codes) if codes.iter().all(|c| c.is_good()) => {
+                info!(source, "Subscriptions survived the reconnect; kept.");
+                return Ok((prev, Vec::new()));
+            }
+            Ok(codes) => warn!(
+                source,
+                ?codes,
+                "The server lost the subscriptions; subscribing anew."
+            ),
+            Err(e) => {
+                warn!(source, error = %e, "Cannot check the subscriptions; subscribing anew.")
+            }
+        }
+        // Forget them on the client too; the server answers Bad, which is
+        // what we know already.
+        let _ = session.delete_subscriptions(&prev.subscriptions).await;
+    }
+    subscribe(session, srv, tx, source, None).await
+}
+
 async fn subscribe(
     session: Arc<Session>,
     srv: OpcuaServer,
