@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use marktwin_benches::{env_num, measure, measure_edge, report, run_parts};
+use marktwin_benches::{env_num, kafka_only, measure, measure_edge, report, run_parts};
 use marktwin_edge::modbus::sim::{self as modbus_sim, BENCH_BASE, PlantSim};
 use tokio_modbus::client::{Reader, tcp};
 
@@ -70,6 +70,11 @@ fn main() {
             modbus_sim::serve(listener, plant(points), rx).await;
         }),
         Ok("baseline") => rt.block_on(baseline(env_num("PORT", 0) as u16, points, secs)),
+        Ok("kafka") => rt.block_on(kafka_only(
+            std::env::var("BOOTSTRAP").expect("BOOTSTRAP"),
+            u64::from(points),
+            secs,
+        )),
         Ok("edge") => rt.block_on(async {
             let port = env_num("PORT", 0);
             let mut dev = plant(points).device("bench", &format!("127.0.0.1:{port}"));
@@ -82,7 +87,7 @@ fn main() {
             .await
         }),
         _ => {
-            let (base, full) = run_parts(&rt, points as u64, secs, dir.path());
+            let (base, kafka, full) = run_parts(&rt, points as u64, secs, dir.path());
             report(
                 &format!(
                     "Modbus TCP -> Kafka: {points} registers polled every 100 ms ({} points/s asked), {secs} s measured",
@@ -90,6 +95,7 @@ fn main() {
                 ),
                 &[
                     ("baseline (raw reads, count)", &base),
+                    ("Kafka only (bare producer, acks=all)", &kafka),
                     ("edge (decode, to Kafka, acks=all)", &full),
                 ],
             );

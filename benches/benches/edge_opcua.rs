@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use marktwin_benches::{env_num, measure, measure_edge, report, run_parts};
+use marktwin_benches::{env_num, kafka_only, measure, measure_edge, report, run_parts};
 use marktwin_edge::opcua::client;
 use marktwin_edge::opcua::sim::PlantOpcua;
 use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore};
@@ -125,6 +125,11 @@ fn main() {
             secs,
             dir.path(),
         )),
+        Ok("kafka") => rt.block_on(kafka_only(
+            std::env::var("BOOTSTRAP").expect("BOOTSTRAP"),
+            points as u64,
+            secs,
+        )),
         Ok("edge") => rt.block_on(edge(
             env_num("PORT", 0) as u16,
             std::env::var("BOOTSTRAP").expect("BOOTSTRAP"),
@@ -133,7 +138,7 @@ fn main() {
             dir.path(),
         )),
         _ => {
-            let (base, full) = run_parts(&rt, points as u64, secs, dir.path());
+            let (base, kafka, full) = run_parts(&rt, points as u64, secs, dir.path());
             report(
                 &format!(
                     "OPC UA -> Kafka: {points} points changing every 100 ms ({} points/s offered), {secs} s measured",
@@ -141,6 +146,7 @@ fn main() {
                 ),
                 &[
                     ("baseline (client decode, count)", &base),
+                    ("Kafka only (bare producer, acks=all)", &kafka),
                     ("edge (to Kafka, acks=all)", &full),
                 ],
             );

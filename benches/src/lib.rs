@@ -23,6 +23,18 @@ pub fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `KAFKA_CLIENT` (`key=value,key=value`, librdkafka properties) into
+/// `cfg.kafka.client`, for trying producer settings in a bench run.
+pub fn kafka_client_from_env(cfg: &mut Config) {
+    if let Ok(v) = std::env::var("KAFKA_CLIENT") {
+        for kv in v.split(',').filter(|s| !s.is_empty()) {
+            if let Some((k, v)) = kv.split_once('=') {
+                cfg.kafka.client.insert(k.trim().into(), v.trim().into());
+            }
+        }
+    }
+}
+
 /// User + system CPU seconds of this process so far.
 pub fn cpu_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -198,6 +210,7 @@ pub async fn measure_edge(
         ..Config::default()
     };
     cfg.kafka.brokers = bootstrap;
+    kafka_client_from_env(&mut cfg);
     cfg.edge.spool.direct_timeout_ms =
         env_num("DIRECT_TIMEOUT_MS", cfg.edge.spool.direct_timeout_ms);
     setup(&mut cfg);
@@ -219,16 +232,72 @@ pub async fn measure_edge(
     running.shutdown().await;
 }
 
+/// The Kafka path alone, as a second baseline: the edge's producer
+/// settings (`acks=all`, idempotence), `points` pre-encoded telemetry
+/// envelopes sent every 100 ms and all acknowledged before the next batch,
+/// as the edge's pollers do. What the broker takes on this machine, without
+/// anything the edge does before producing.
+pub async fn kafka_only(bootstrap: String, points: u64, secs: u64) {
+    use marktwin_core::events::{Envelope, Quality, TelemetryReading};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut cfg = Config::default();
+    kafka_client_from_env(&mut cfg);
+    marktwin_kafka::ensure_topics(&cfg, &bootstrap)
+        .await
+        .expect("topics");
+    let producer = marktwin_kafka::producer(&cfg, &bootstrap).expect("producer");
+    let topic = cfg.topic_name(marktwin_core::topics::id::TELEMETRY);
+    let now = marktwin_core::now_ms();
+    let records: Vec<(String, Vec<u8>)> = (0..points)
+        .map(|i| {
+            let r = TelemetryReading {
+                tag: format!("bench.{i}"),
+                asset: "bench".into(),
+                value: Some(i as f64),
+                text: None,
+                quality: Quality::Good,
+                status_code: None,
+                source_time_ms: Some(now),
+                server_time_ms: None,
+                eng_unit: None,
+            };
+            let env = Envelope::wrap("kafka-only", now, r);
+            let bytes = marktwin_core::codec::encode(&env, Default::default()).expect("json");
+            (env.key, bytes)
+        })
+        .collect();
+    let count = Arc::new(AtomicU64::new(0));
+    let counter = count.clone();
+    let send = async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if marktwin_kafka::produce_all(&producer, &topic, &records)
+                .await
+                .is_ok()
+            {
+                counter.fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+        }
+    };
+    tokio::select! {
+        _ = send => {}
+        _ = measure(|| count.load(Ordering::Relaxed), secs, Vec::new) => {}
+    }
+}
+
 /// The whole run of a process-based benchmark: starts this binary as the
 /// `server` role (it prints READY once it listens on `PORT`), a Tansu
-/// broker, then the `baseline` and `edge` roles one after the other, and
-/// returns their figures lines.
+/// broker, then the `baseline`, `kafka` ([`kafka_only`]) and `edge` roles
+/// one after the other, and returns their figures lines.
 pub fn run_parts(
     rt: &tokio::runtime::Runtime,
     points: u64,
     secs: u64,
     dir: &std::path::Path,
-) -> (String, String) {
+) -> (String, String, String) {
     use std::io::{BufRead, BufReader};
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -263,10 +332,12 @@ pub fn run_parts(
     ];
     eprintln!("baseline ...");
     let base = child("baseline", &envs);
+    eprintln!("Kafka only ...");
+    let kafka = child("kafka", &envs);
     eprintln!("edge ...");
     let edge = child("edge", &envs);
     let _ = server.kill();
     let _ = server.wait();
     rt.block_on(broker.stop());
-    (base, edge)
+    (base, kafka, edge)
 }

@@ -15,12 +15,17 @@ use crate::error::{Error, Result};
 
 /// A producer for source events and dead letters: idempotent, `acks=all`,
 /// so an acknowledged record is stored once and durably.
+///
+/// `linger.ms` and `compression.type` are defaults that `kafka.client`
+/// may change; idempotence and `acks=all` are not negotiable.
 pub fn producer(cfg: &Config, bootstrap: &str) -> Result<FutureProducer> {
     let mut c = crate::client_config(cfg, bootstrap);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "none");
+    for (k, v) in [("linger.ms", "5"), ("compression.type", "none")] {
+        if !cfg.kafka.client.contains_key(k) {
+            c.set(k, v);
+        }
+    }
+    c.set("enable.idempotence", "true").set("acks", "all");
     Ok(c.create()?)
 }
 
