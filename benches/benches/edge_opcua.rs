@@ -82,8 +82,15 @@ async fn baseline(port: u16, points: usize, secs: u64, dir: &std::path::Path) {
         )
         .await
         .expect("subscription");
+    // The edge's parameters for these nodes: every change (sampling 0),
+    // room for bursts between publishes.
     let items: Vec<MonitoredItemCreateRequest> = (0..points)
-        .map(|i| NodeId::new(ns, format!("Bench.{i}")).into())
+        .map(|i| {
+            let mut r: MonitoredItemCreateRequest = NodeId::new(ns, format!("Bench.{i}")).into();
+            r.requested_parameters.sampling_interval = 0.0;
+            r.requested_parameters.queue_size = 16;
+            r
+        })
         .collect();
     for part in items.chunks(1_000) {
         session

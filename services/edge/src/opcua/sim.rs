@@ -144,6 +144,11 @@ impl PlantOpcua {
                 name: format!("bench.{i}"),
                 asset: Some("bench".into()),
                 node_id: Some(format!("s=Bench.{i}")),
+                // Every change, as it happens: with the publishing
+                // interval as sampling interval (-1) async-opcua's server
+                // samples on its own timer, which beats against the
+                // 100 ms ticks and holds values back.
+                sampling_interval_ms: Some(0.0),
                 ..OpcuaNode::default()
             });
         }
