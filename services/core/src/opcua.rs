@@ -118,8 +118,9 @@ pub struct OpcuaNode {
     /// Sampling interval asked of the server, ms; the server's default
     /// when absent. The server may revise it; the revised value is used.
     pub sampling_interval_ms: Option<f64>,
-    /// Samples the server queues between publishes; the server's default
-    /// when absent.
+    /// Samples the server queues between publishes. Absent: the samples of
+    /// one publishing interval plus one (16 for sampling 0), so none is
+    /// lost when the server's timers drift.
     pub queue_size: Option<u32>,
     /// Report a change only when it exceeds this absolute amount.
     pub deadband_absolute: Option<f64>,
