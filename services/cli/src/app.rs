@@ -24,6 +24,7 @@ use marktwin_edge::modbus::sim::{self as modbus_sim, PlantSim};
 use marktwin_edge::opcua::OpcuaSource;
 use marktwin_edge::opcua::sim::PlantOpcua;
 use marktwin_edge::pseudonym::Pseudonymiser;
+use marktwin_edge::records::Outputs;
 use marktwin_edge::sim;
 use marktwin_edge::sink::{MakeProducer, Sink};
 use marktwin_edge::spool::{Spool, SpoolConfig};
@@ -285,29 +286,19 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
     }
 
     if let (Some((sink, m)), Some(d)) = (&edge, &dead_letters) {
-        let pseudo = Arc::new(Pseudonymiser::from_config(&cfg)?);
+        let outputs = Outputs {
+            sink: sink.clone(),
+            dead_letters: d.clone(),
+            metrics: m.clone(),
+            readiness: readiness.clone(),
+            pseudo: Arc::new(Pseudonymiser::from_config(&cfg)?),
+        };
         for src in cfg.edge.http.iter().filter(|h| h.enabled) {
-            let poller = HttpPoller::new(
-                &cfg,
-                src.clone(),
-                sink.clone(),
-                d.clone(),
-                m.clone(),
-                readiness.clone(),
-                pseudo.clone(),
-            )?;
+            let poller = HttpPoller::new(&cfg, src.clone(), &outputs)?;
             tasks.push(logged("edge-http", poller.run(shutdown_rx.clone())));
         }
         for src in cfg.edge.drop_folders.iter().filter(|f| f.enabled) {
-            let folder = FolderSource::new(
-                &cfg,
-                src.clone(),
-                sink.clone(),
-                d.clone(),
-                m.clone(),
-                readiness.clone(),
-                pseudo.clone(),
-            )?;
+            let folder = FolderSource::new(&cfg, src.clone(), &outputs)?;
             tasks.push(logged("edge-folder", folder.run(shutdown_rx.clone())));
         }
     }

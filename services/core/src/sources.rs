@@ -43,6 +43,14 @@ pub struct RecordMap {
     pub utc_offset_minutes: i32,
 }
 
+impl RecordMap {
+    /// The source's offset from UTC for times written without one.
+    pub fn utc_offset(&self) -> chrono::FixedOffset {
+        chrono::FixedOffset::east_opt(self.utc_offset_minutes * 60)
+            .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC"))
+    }
+}
+
 /// How an HTTP source is read incrementally.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

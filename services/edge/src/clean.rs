@@ -27,7 +27,7 @@ use marktwin_core::topics::Encoding;
 use marktwin_core::{Config, now_ms};
 use serde_json::Value;
 
-use crate::map::{Mapper, Reject, lookup};
+use crate::map::{Mapper, Reject};
 use crate::pseudonym::Pseudonymiser;
 
 /// A cleaned record, encoded for its topic.
@@ -488,8 +488,7 @@ pub fn check_ranges(rules: &[RangeRule], payload: &Value) -> Result<(), Reject> 
         if !matches(&r.when, payload) {
             continue;
         }
-        let path: Vec<String> = vec![r.field.clone()];
-        let Some(v) = lookup(payload, &path).and_then(Value::as_f64) else {
+        let Some(v) = payload.get(&r.field).and_then(Value::as_f64) else {
             continue;
         };
         let below = r.min.is_some_and(|lo| v < lo);

@@ -21,14 +21,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use marktwin_core::Config;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
 use marktwin_core::sources::DropFolder;
-use marktwin_kafka::DeadLetterSink;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
@@ -36,11 +34,9 @@ use tracing::{error, info, warn};
 
 use crate::EdgeMetrics;
 use crate::cursor::CursorStore;
-use crate::error::{Error, Result};
-use crate::map::{Reject, lookup};
-use crate::pseudonym::Pseudonymiser;
-use crate::records::RecordsOut;
-use crate::sink::Sink;
+use crate::error::Result;
+use crate::map::{Reject, lookup, path as field_path};
+use crate::records::{Outputs, RecordsOut};
 
 /// How far into which file the folder got.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -157,15 +153,9 @@ fn open(
         Format::Json => {
             let v: Value = serde_json::from_reader(BufReader::new(file))
                 .map_err(|e| format!("not a JSON document: {e}"))?;
-            let path: Vec<String> = cfg
-                .records_field
-                .split('.')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
             let records = match v {
                 Value::Array(a) => a,
-                other => lookup(&other, &path)
+                other => lookup(&other, &field_path(&cfg.records_field))
                     .and_then(Value::as_array)
                     .cloned()
                     .ok_or_else(|| {
@@ -192,40 +182,21 @@ pub struct FolderSource {
 
 impl FolderSource {
     /// The folder of `src` (validated config).
-    pub fn new(
-        cfg: &Config,
-        src: DropFolder,
-        sink: Sink,
-        dead_letters: DeadLetterSink,
-        metrics: EdgeMetrics,
-        readiness: Readiness,
-        pseudo: Arc<Pseudonymiser>,
-    ) -> Result<Self> {
-        let map = src.map.clone().ok_or_else(|| Error::Source {
-            source_name: src.source.clone(),
-            detail: "has no map (kind, fields)".into(),
-        })?;
+    pub fn new(cfg: &Config, src: DropFolder, outputs: &Outputs) -> Result<Self> {
+        let out = outputs.records(cfg, &src.source, src.map.as_ref())?;
         for sub in ["done", "failed"] {
             std::fs::create_dir_all(src.dir.join(sub))?;
         }
-        readiness.set(
+        outputs.readiness.set(
             format!("source_{}", src.source),
             true,
             format!("watching {}", src.dir.display()),
         );
         Ok(FolderSource {
-            out: RecordsOut::new(
-                cfg,
-                &src.source,
-                &map,
-                sink,
-                dead_letters,
-                metrics.clone(),
-                pseudo,
-            ),
+            out,
             store: CursorStore::new(&cfg.data_dir, &src.source)?,
-            metrics,
-            readiness,
+            metrics: outputs.metrics.clone(),
+            readiness: outputs.readiness.clone(),
             seen: HashMap::new(),
             cfg: src,
         })

@@ -24,14 +24,13 @@
 //! `503` answers with `Retry-After` are waited out as asked. Requests are
 //! spaced to stay within `max_requests_per_sec`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Offset;
 use marktwin_core::Config;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
-use marktwin_core::sources::{HttpSource, Paging};
-use marktwin_kafka::DeadLetterSink;
+use marktwin_core::sources::{HttpSource, Paging, RecordMap};
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
 use serde::{Deserialize, Serialize};
@@ -43,10 +42,8 @@ use tracing::{info, warn};
 use crate::EdgeMetrics;
 use crate::cursor::CursorStore;
 use crate::error::{Error, Result};
-use crate::map::{Reject, lookup, time_ms};
-use crate::pseudonym::Pseudonymiser;
-use crate::records::RecordsOut;
-use crate::sink::Sink;
+use crate::map::{Reject, lookup, path, time_ms};
+use crate::records::{Outputs, RecordsOut};
 
 /// Where a source stands, stored after every acknowledged page.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -107,6 +104,11 @@ pub struct HttpPoller {
     readiness: Readiness,
     next_request: Instant,
     offset: chrono::FixedOffset,
+    /// The configured field names as paths, split once.
+    records_path: Vec<String>,
+    next_cursor_path: Vec<String>,
+    has_more_path: Vec<String>,
+    updated_path: Vec<String>,
 }
 
 fn content_hash(v: &Value) -> String {
@@ -125,15 +127,7 @@ fn scalar_text(v: &Value) -> Option<String> {
 impl HttpPoller {
     /// Builds the poller of `src` (validated config). A credential named by
     /// `auth_env` must be set now: a missing one is a setup error.
-    pub fn new(
-        cfg: &Config,
-        src: HttpSource,
-        sink: Sink,
-        dead_letters: DeadLetterSink,
-        metrics: EdgeMetrics,
-        readiness: Readiness,
-        pseudo: Arc<Pseudonymiser>,
-    ) -> Result<Self> {
+    pub fn new(cfg: &Config, src: HttpSource, outputs: &Outputs) -> Result<Self> {
         let err = |detail: String| Error::Source {
             source_name: src.source.clone(),
             detail,
@@ -149,33 +143,27 @@ impl HttpPoller {
             .timeout(Duration::from_millis(src.timeout_ms))
             .build()
             .map_err(|e| err(e.to_string()))?;
-        let map = src
-            .map
-            .clone()
-            .ok_or_else(|| err("has no map (kind, fields)".into()))?;
-        readiness.set(
+        let out = outputs.records(cfg, &src.source, src.map.as_ref())?;
+        outputs.readiness.set(
             readiness_name(&src.source),
             false,
             format!("source {} not polled yet", src.source),
         );
-        let out = RecordsOut::new(
-            cfg,
-            &src.source,
-            &map,
-            sink,
-            dead_letters,
-            metrics.clone(),
-            pseudo,
-        );
         Ok(HttpPoller {
             store: CursorStore::new(&cfg.data_dir, &src.source)?,
-            offset: chrono::FixedOffset::east_opt(map.utc_offset_minutes * 60)
-                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC")),
+            offset: src
+                .map
+                .as_ref()
+                .map_or(chrono::Utc.fix(), RecordMap::utc_offset),
+            records_path: path(&src.records_field),
+            next_cursor_path: path(&src.next_cursor_field),
+            has_more_path: path(&src.has_more_field),
+            updated_path: path(&src.updated_field),
             http,
             auth_env,
             out,
-            metrics,
-            readiness,
+            metrics: outputs.metrics.clone(),
+            readiness: outputs.readiness.clone(),
             next_request: Instant::now(),
             cfg: src,
         })
@@ -309,14 +297,7 @@ impl HttpPoller {
     }
 
     fn records<'a>(&self, answer: &'a Value) -> Result<&'a Vec<Value>> {
-        let path: Vec<String> = self
-            .cfg
-            .records_field
-            .split('.')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        lookup(answer, &path)
+        lookup(answer, &self.records_path)
             .and_then(Value::as_array)
             .ok_or_else(|| Error::Source {
                 source_name: self.cfg.source.clone(),
@@ -344,8 +325,7 @@ impl HttpPoller {
         }
         let answer = self.fetch(&q).await?;
         let records = self.records(&answer)?;
-        let path = |f: &str| -> Vec<String> { f.split('.').map(str::to_owned).collect() };
-        let next = lookup(&answer, &path(&self.cfg.next_cursor_field)).and_then(scalar_text);
+        let next = lookup(&answer, &self.next_cursor_path).and_then(scalar_text);
         if next.is_none() && !records.is_empty() {
             return Err(Error::Source {
                 source_name: self.cfg.source.clone(),
@@ -359,7 +339,7 @@ impl HttpPoller {
         let has_more = if self.cfg.has_more_field.is_empty() {
             records.len() >= self.cfg.page_size as usize
         } else {
-            lookup(&answer, &path(&self.cfg.has_more_field))
+            lookup(&answer, &self.has_more_path)
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
         };
@@ -390,16 +370,10 @@ impl HttpPoller {
         }
         let answer = self.fetch(&q).await?;
         let records = self.records(&answer)?;
-        let field: Vec<String> = self
-            .cfg
-            .updated_field
-            .split('.')
-            .map(str::to_owned)
-            .collect();
         let mut next = pos.clone();
         let mut fresh = Vec::with_capacity(records.len());
         for r in records {
-            let raw = lookup(r, &field);
+            let raw = lookup(r, &self.updated_path);
             let ms = raw.and_then(|v| time_ms(v, self.offset));
             let (Some(raw), Some(ms)) = (raw.and_then(scalar_text), ms) else {
                 // Without a last-modified time the record cannot be placed.

@@ -173,7 +173,7 @@ impl Mapper {
                     .cloned()
                     .unwrap_or_else(|| name.clone());
                 fields.push(Field {
-                    path: source.split('.').map(str::to_owned).collect(),
+                    path: path(&source),
                     source,
                     ty,
                     required: required.contains(&name.as_str()) && !nullable,
@@ -185,8 +185,6 @@ impl Mapper {
                 });
             }
         }
-        let offset = FixedOffset::east_opt(map.utc_offset_minutes * 60)
-            .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"));
         Mapper {
             kind: map.kind,
             fields,
@@ -195,7 +193,7 @@ impl Mapper {
                 .iter()
                 .map(|(k, v)| (k.trim().to_lowercase(), *v))
                 .collect(),
-            offset,
+            offset: map.utc_offset(),
             pseudo,
         }
     }
@@ -336,11 +334,6 @@ impl Mapper {
         time_ms(v, self.offset)
     }
 
-    /// The source's offset from UTC for times written without one.
-    pub fn offset(&self) -> FixedOffset {
-        self.offset
-    }
-
     fn date(&self, v: &Value) -> Option<NaiveDate> {
         if let Some(n) = v.as_i64() {
             if (19_000_101..=29_991_231).contains(&n) {
@@ -450,7 +443,17 @@ fn shown(v: &Value) -> String {
     }
 }
 
-/// The value at a dotted path.
+/// A dotted field path (`geo.lat`) as its parts; empty for `""`, which
+/// [`lookup`] reads as the value itself.
+pub fn path(dotted: &str) -> Vec<String> {
+    dotted
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value at a path (see [`path`]).
 pub fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, k| v.get(k))
 }

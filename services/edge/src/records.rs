@@ -34,6 +34,47 @@ pub struct Stored {
     pub fused: usize,
 }
 
+/// What the business sources of one process share: the sink, the
+/// dead-letter topic, metrics, readiness and the pseudonymisation key.
+#[derive(Clone)]
+pub struct Outputs {
+    /// Acknowledged produce, or the spool.
+    pub sink: Sink,
+    /// The dead-letter topic.
+    pub dead_letters: DeadLetterSink,
+    /// The edge's metrics.
+    pub metrics: EdgeMetrics,
+    /// Readiness checks.
+    pub readiness: marktwin_core::health::Readiness,
+    /// Consumer identifiers' HMAC.
+    pub pseudo: Arc<Pseudonymiser>,
+}
+
+impl Outputs {
+    /// The output of `source`, whose records are `map` (validated config
+    /// always has one).
+    pub fn records(
+        &self,
+        cfg: &Config,
+        source: &str,
+        map: Option<&RecordMap>,
+    ) -> Result<RecordsOut> {
+        let map = map.ok_or_else(|| Error::Source {
+            source_name: source.to_owned(),
+            detail: "has no map (kind, fields)".into(),
+        })?;
+        Ok(RecordsOut::new(
+            cfg,
+            source,
+            map,
+            self.sink.clone(),
+            self.dead_letters.clone(),
+            self.metrics.clone(),
+            self.pseudo.clone(),
+        ))
+    }
+}
+
 /// The output of one business source.
 pub struct RecordsOut {
     cleaner: Cleaner,

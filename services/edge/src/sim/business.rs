@@ -170,18 +170,12 @@ impl Business {
         limit: usize,
         now_ms: i64,
     ) -> Vec<Value> {
-        let mut all: Vec<(i64, u64, i64)> = (0..self.stores)
-            .map(|s| {
-                let (r, t) = self.retailer_revision(s, now_ms);
-                (t, s, r)
-            })
-            .filter(|(t, _, _)| since_ms.is_none_or(|w| *t >= w))
-            .collect();
-        all.sort_unstable();
-        all.into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|(_, s, r)| self.retailer(s, r))
+        let current = (0..self.stores).map(|s| {
+            let (r, t) = self.retailer_revision(s, now_ms);
+            (t, s, r)
+        });
+        modified_since(current, since_ms, offset, limit)
+            .map(|(s, r)| self.retailer(s, r))
             .collect()
     }
 
@@ -353,18 +347,12 @@ impl Business {
         limit: usize,
         now_ms: i64,
     ) -> Vec<Value> {
-        let mut all: Vec<(i64, u64, i64)> = (0..self.pairs())
-            .filter_map(|p| {
-                let h = self.latest_count(p, now_ms)?;
-                Some((self.count_ms(p, h) + 2000, p, h))
-            })
-            .filter(|(t, _, _)| since_ms.is_none_or(|w| *t >= w))
-            .collect();
-        all.sort_unstable();
-        all.into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|(_, p, h)| self.scm_count(p, h))
+        let current = (0..self.pairs()).filter_map(|p| {
+            let h = self.latest_count(p, now_ms)?;
+            Some((self.count_ms(p, h) + 2000, p, h))
+        });
+        modified_since(current, since_ms, offset, limit)
+            .map(|(p, h)| self.scm_count(p, h))
             .collect()
     }
 
@@ -395,6 +383,25 @@ impl Business {
             |k| self.wms_entry(k),
         )
     }
+}
+
+/// What an updated-since API answers from the current `(modified, id,
+/// version)` of its objects: those modified at or after `since_ms`, oldest
+/// first (ties by id), `offset` skipped, at most `limit`, as `(id, version)`.
+fn modified_since(
+    current: impl Iterator<Item = (i64, u64, i64)>,
+    since_ms: Option<i64>,
+    offset: usize,
+    limit: usize,
+) -> impl Iterator<Item = (u64, i64)> {
+    let mut all: Vec<(i64, u64, i64)> = current
+        .filter(|(t, _, _)| since_ms.is_none_or(|w| *t >= w))
+        .collect();
+    all.sort_unstable();
+    all.into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(_, id, version)| (id, version))
 }
 
 /// Entries of a log from `cursor` on, those released by `until`, at most

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -129,10 +130,7 @@ fn limit(q: &BTreeMap<String, String>, k: &str) -> usize {
     num(q, k, 1000).clamp(1, 10_000) as usize
 }
 
-async fn pos(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params) -> Response {
-    if let Some(r) = api.refusal(&headers) {
-        return r;
-    }
+async fn pos(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
     let page = api.pos.page(
         num(&q, "cursor", 0),
         limit(&q, "limit"),
@@ -141,10 +139,7 @@ async fn pos(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params) 
     Json(page).into_response()
 }
 
-async fn retailers(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params) -> Response {
-    if let Some(r) = api.refusal(&headers) {
-        return r;
-    }
+async fn retailers(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
     let since = match q.get("modifiedSince") {
         None => None,
         Some(s) => match DateTime::parse_from_rfc3339(s) {
@@ -163,10 +158,7 @@ async fn retailers(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Pa
     Json(json!({ "data": data })).into_response()
 }
 
-async fn orders(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params) -> Response {
-    if let Some(r) = api.refusal(&headers) {
-        return r;
-    }
+async fn orders(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
     let after = q
         .get("after")
         .and_then(|c| c.strip_prefix("seq-"))
@@ -179,10 +171,7 @@ async fn orders(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Param
         .into_response()
 }
 
-async fn plans(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params) -> Response {
-    if let Some(r) = api.refusal(&headers) {
-        return r;
-    }
+async fn plans(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
     let p = api.business.plans(
         num(&q, "cursor", 0),
         limit(&q, "limit"),
@@ -191,10 +180,7 @@ async fn plans(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params
     Json(json!({"records": p.records, "nextCursor": p.next, "hasMore": p.more})).into_response()
 }
 
-async fn inventory(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params) -> Response {
-    if let Some(r) = api.refusal(&headers) {
-        return r;
-    }
+async fn inventory(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
     let since = q.get("updated_since").and_then(|v| v.parse().ok());
     let data = api.business.inventory(
         since,
@@ -205,16 +191,21 @@ async fn inventory(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Pa
     Json(Value::from(data)).into_response()
 }
 
-async fn wms(State(api): State<Arc<Api>>, headers: HeaderMap, Query(q): Params) -> Response {
-    if let Some(r) = api.refusal(&headers) {
-        return r;
-    }
+async fn wms(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
     let p = api.business.wms(
         num(&q, "cursor", 0),
         limit(&q, "limit"),
         marktwin_core::now_ms(),
     );
     Json(json!({"records": p.records, "nextCursor": p.next, "hasMore": p.more})).into_response()
+}
+
+/// Lets a request through to its API unless [`Api::refusal`] refuses it.
+async fn admit(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    match api.refusal(req.headers()) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
 }
 
 /// The simulators' HTTP API.
@@ -226,6 +217,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/erp/production-plans", get(plans))
         .route("/scm/inventory", get(inventory))
         .route("/wms/stock", get(wms))
+        .route_layer(middleware::from_fn_with_state(api.clone(), admit))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(api)
 }
