@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use marktwin_benches::{env_num, kafka_only, measure, measure_edge, report, run_parts};
+use marktwin_benches::{Ages, env_num, kafka_only, measure, measure_edge, report, run_parts};
 use marktwin_edge::opcua::client;
 use marktwin_edge::opcua::sim::PlantOpcua;
 use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore};
@@ -43,13 +43,21 @@ fn plant(points: usize, dir: &std::path::Path) -> PlantOpcua {
     }
 }
 
-/// Counts data-change notifications and nothing else.
-struct Count(Arc<AtomicU64>);
+/// Counts data-change notifications and how old each sample is when it
+/// arrives (from its source timestamp): the server's share of the latency.
+struct Count(Arc<AtomicU64>, Arc<Ages>);
 
 impl OnSubscriptionNotificationCore for Count {
     fn on_subscription_notification(&mut self, n: NotificationMessage, _: MonitoredItemMap<'_>) {
+        let now = marktwin_core::now_ms();
         for obj in n.notification_data.into_iter().flatten() {
             if let Some(dc) = obj.inner_as::<DataChangeNotification>() {
+                for item in dc.monitored_items.iter().flatten() {
+                    if let Some(t) = &item.value.source_timestamp {
+                        self.1
+                            .observe((now - t.as_chrono().timestamp_millis()) as f64 / 1000.0);
+                    }
+                }
                 let k = dc.monitored_items.as_ref().map_or(0, Vec::len);
                 self.0.fetch_add(k as u64, Ordering::Relaxed);
             }
@@ -70,6 +78,7 @@ async fn baseline(port: u16, points: usize, secs: u64, dir: &std::path::Path) {
         .await
         .expect("namespace");
     let count = Arc::new(AtomicU64::new(0));
+    let ages = Arc::new(Ages::default());
     let sub = session
         .create_subscription(
             Duration::from_millis(100),
@@ -78,7 +87,7 @@ async fn baseline(port: u16, points: usize, secs: u64, dir: &std::path::Path) {
             5_000,
             0,
             true,
-            Count(count.clone()),
+            Count(count.clone(), ages.clone()),
         )
         .await
         .expect("subscription");
@@ -98,7 +107,12 @@ async fn baseline(port: u16, points: usize, secs: u64, dir: &std::path::Path) {
             .await
             .expect("monitored items");
     }
-    measure(|| count.load(Ordering::Relaxed), secs, Vec::new).await;
+    measure(
+        || count.load(Ordering::Relaxed),
+        secs,
+        || vec![("", ages.buckets())],
+    )
+    .await;
 }
 
 async fn edge(port: u16, bootstrap: String, points: usize, secs: u64, dir: &std::path::Path) {

@@ -84,6 +84,10 @@ pub struct KafkaConfig {
     pub embedded_port: u16,
     /// Seconds to wait for the embedded broker to answer.
     pub embedded_start_timeout_secs: u64,
+    /// Where the embedded broker keeps records: `sqlite` (durable, under
+    /// the data directory) or `memory` (lost when it stops; for measuring
+    /// the pipeline without the broker's disk in the way).
+    pub embedded_storage: BrokerStorage,
     /// Replication factor of topics marktwin creates (1 for a single broker).
     pub replication_factor: i32,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`).
@@ -98,10 +102,21 @@ impl Default for KafkaConfig {
             tansu_binary: "tansu".into(),
             embedded_port: 0,
             embedded_start_timeout_secs: 30,
+            embedded_storage: BrokerStorage::Sqlite,
             replication_factor: 1,
             client: BTreeMap::new(),
         }
     }
+}
+
+/// Storage of the embedded broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerStorage {
+    /// SQLite file under the data directory: survives a restart.
+    Sqlite,
+    /// In memory: lost when the broker stops.
+    Memory,
 }
 
 /// Overrides of one topic's declaration.
@@ -660,6 +675,7 @@ mod tests {
                 data_dir = "/var/lib/marktwin"
                 [kafka]
                 brokers = "file-broker:9092"
+                embedded_storage = "memory"
                 [topics.pos]
                 partitions = 6
                 [board]
@@ -671,6 +687,11 @@ mod tests {
             let cfg = Config::load(Some(Path::new("m.toml"))).expect("load");
             assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/marktwin"));
             assert_eq!(cfg.kafka.brokers, "env-broker:9092");
+            assert_eq!(cfg.kafka.embedded_storage, BrokerStorage::Memory);
+            assert_eq!(
+                Config::default().kafka.embedded_storage,
+                BrokerStorage::Sqlite
+            );
             assert_eq!(cfg.board.max_rows, 10);
             assert_eq!(cfg.board.query_timeout_ms, 10_000);
             let pos = cfg.topic("pos");

@@ -38,7 +38,7 @@ pub(crate) fn repo_file(rel: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(dir).join("../..").join(rel)
 }
 
-pub use config::Config;
+pub use config::{BrokerStorage, Config};
 pub use error::{Error, Result};
 
 /// Milliseconds since the Unix epoch, now.

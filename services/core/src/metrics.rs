@@ -23,6 +23,10 @@ pub const EDGE_SOURCE_RECONNECTS_TOTAL: &str = "marktwin_edge_source_reconnects_
 /// Time from a sample (its source timestamp, else when it was received)
 /// to the broker's acknowledgement or the spool, label `source`.
 pub const EDGE_SAMPLE_TO_STORED_SECONDS: &str = "marktwin_edge_sample_to_stored_seconds";
+/// Age of an OPC UA sample (from its source timestamp) when the edge
+/// received it, label `source`: the source's and network's share of
+/// [`EDGE_SAMPLE_TO_STORED_SECONDS`].
+pub const EDGE_SAMPLE_AGE_AT_READ_SECONDS: &str = "marktwin_edge_sample_age_at_read_seconds";
 /// Records the edge's cleaning held back, labels `source`, `reason`
 /// (`duplicate` is suppressed and not dead-lettered; every other reason is
 /// also on the dead-letter topic).

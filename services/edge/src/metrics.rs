@@ -3,6 +3,13 @@
 use marktwin_core::metrics as m;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+/// Bucket bounds (seconds) of the sample-to-stored histogram; the benches
+/// count their baselines into the same bounds.
+pub const SAMPLE_AGE_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
 /// The edge's metrics.
 #[derive(Clone)]
 pub struct EdgeMetrics {
@@ -13,6 +20,7 @@ pub struct EdgeMetrics {
     pub(crate) up: IntGaugeVec,
     pub(crate) reconnects: IntCounterVec,
     pub(crate) sample_age: HistogramVec,
+    pub(crate) age_at_read: HistogramVec,
     pub(crate) rejected: IntCounterVec,
     pub(crate) fused: IntCounterVec,
     pub(crate) files: IntCounterVec,
@@ -65,10 +73,15 @@ impl EdgeMetrics {
                 m::EDGE_SAMPLE_TO_STORED_SECONDS,
                 "From a sample's timestamp to its acknowledgement or spooling.",
             )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.5,
-                5.0, 10.0, 30.0,
-            ]),
+            .buckets(SAMPLE_AGE_BUCKETS.to_vec()),
+            &["source"],
+        )?;
+        let age_at_read = HistogramVec::new(
+            HistogramOpts::new(
+                m::EDGE_SAMPLE_AGE_AT_READ_SECONDS,
+                "How old a sample (by its source timestamp) was when the edge received it.",
+            )
+            .buckets(SAMPLE_AGE_BUCKETS.to_vec()),
             &["source"],
         )?;
         let rejected = IntCounterVec::new(
@@ -90,6 +103,7 @@ impl EdgeMetrics {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(sample_age.clone()))?;
+        registry.register(Box::new(age_at_read.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
         registry.register(Box::new(read.clone()))?;
         registry.register(Box::new(produced.clone()))?;
@@ -104,6 +118,7 @@ impl EdgeMetrics {
             up,
             reconnects,
             sample_age,
+            age_at_read,
             rejected,
             fused,
             files,

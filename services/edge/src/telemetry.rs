@@ -37,6 +37,7 @@ pub struct TelemetryOut {
     read: IntCounter,
     produced: IntCounter,
     age: Histogram,
+    age_at_read: Histogram,
     up: IntGauge,
     errors: IntCounter,
     ranges: Vec<RangeRule>,
@@ -72,6 +73,7 @@ impl TelemetryOut {
                 .produced
                 .with_label_values(&[source.as_str(), topic.as_str()]),
             age: metrics.sample_age.with_label_values(&one),
+            age_at_read: metrics.age_at_read.with_label_values(&one),
             up: metrics.up.with_label_values(&one),
             errors: metrics.errors.with_label_values(&one),
             dead_letter_topic: cfg.topic_name(id::DEAD_LETTER),
@@ -100,6 +102,14 @@ impl TelemetryOut {
         self.readiness
             .set(self.readiness_name.clone(), ready, reason);
         self.up.set(i64::from(ready));
+    }
+
+    /// Records how old a sample sampled at `sampled_ms` was when it was
+    /// received at `received_ms` (sources that receive samples stamped
+    /// elsewhere, such as OPC UA).
+    pub fn received(&self, sampled_ms: i64, received_ms: i64) {
+        self.age_at_read
+            .observe((received_ms - sampled_ms).max(0) as f64 / 1000.0);
     }
 
     /// Counts a failed read, connect or session.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use marktwin_core::Config;
+use marktwin_core::{BrokerStorage, Config};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
@@ -99,7 +99,10 @@ impl EmbeddedBroker {
         })?;
         let url = format!("tcp://{addr}");
         // Tansu resolves a sqlite:// path against its working directory.
-        let storage = "sqlite://tansu.db".to_owned();
+        let storage = match cfg.kafka.embedded_storage {
+            BrokerStorage::Sqlite => "sqlite://tansu.db",
+            BrokerStorage::Memory => "memory://tansu/",
+        };
         let child = Command::new(&binary)
             .current_dir(&dir)
             .arg("broker")
@@ -109,7 +112,7 @@ impl EmbeddedBroker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                &storage,
+                storage,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
@@ -121,7 +124,7 @@ impl EmbeddedBroker {
                 source,
             })?;
         let mut broker = EmbeddedBroker { child, addr, log };
-        info!(%addr, binary = %binary.display(), db = %dir.join("tansu.db").display(), "Starting embedded Tansu broker.");
+        info!(%addr, binary = %binary.display(), storage, dir = %dir.display(), "Starting embedded Tansu broker.");
         broker
             .wait_ready(
                 cfg,
