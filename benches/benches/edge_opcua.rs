@@ -52,14 +52,14 @@ impl OnSubscriptionNotificationCore for Count {
         let now = marktwin_core::now_ms();
         for obj in n.notification_data.into_iter().flatten() {
             if let Some(dc) = obj.inner_as::<DataChangeNotification>() {
-                for item in dc.monitored_items.iter().flatten() {
+                let items = dc.monitored_items.as_deref().unwrap_or_default();
+                for item in items {
                     if let Some(t) = &item.value.source_timestamp {
                         self.1
                             .observe((now - t.as_chrono().timestamp_millis()) as f64 / 1000.0);
                     }
                 }
-                let k = dc.monitored_items.as_ref().map_or(0, Vec::len);
-                self.0.fetch_add(k as u64, Ordering::Relaxed);
+                self.0.fetch_add(items.len() as u64, Ordering::Relaxed);
             }
         }
     }

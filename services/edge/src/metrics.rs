@@ -68,21 +68,21 @@ impl EdgeMetrics {
             ),
             &["source", "how"],
         )?;
-        let sample_age = HistogramVec::new(
-            HistogramOpts::new(
-                m::EDGE_SAMPLE_TO_STORED_SECONDS,
-                "From a sample's timestamp to its acknowledgement or spooling.",
+        // Both sample ages per source, in the same buckets, so one can be
+        // read against the other.
+        let age = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(SAMPLE_AGE_BUCKETS.to_vec()),
+                &["source"],
             )
-            .buckets(SAMPLE_AGE_BUCKETS.to_vec()),
-            &["source"],
+        };
+        let sample_age = age(
+            m::EDGE_SAMPLE_TO_STORED_SECONDS,
+            "From a sample's timestamp to its acknowledgement or spooling.",
         )?;
-        let age_at_read = HistogramVec::new(
-            HistogramOpts::new(
-                m::EDGE_SAMPLE_AGE_AT_READ_SECONDS,
-                "How old a sample (by its source timestamp) was when the edge received it.",
-            )
-            .buckets(SAMPLE_AGE_BUCKETS.to_vec()),
-            &["source"],
+        let age_at_read = age(
+            m::EDGE_SAMPLE_AGE_AT_READ_SECONDS,
+            "How old a sample (by its source timestamp) was when the edge received it.",
         )?;
         let rejected = IntCounterVec::new(
             Opts::new(
