@@ -60,8 +60,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("worker_apply", |b| {
         b.iter(|| {
             let mut s = PosState::new(UnitsConfig::default(), 480, 200_000);
-            for (i, r) in recs.iter().enumerate() {
-                black_box(s.apply(0, i as i64, r));
+            for r in &recs {
+                black_box(s.apply(r));
             }
             s
         })

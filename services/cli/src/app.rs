@@ -29,7 +29,9 @@ use marktwin_edge::sim;
 use marktwin_edge::sink::{MakeProducer, Sink};
 use marktwin_edge::spool::{Spool, SpoolConfig};
 use marktwin_kafka::{DeadLetterSink, EmbeddedBroker, ensure_topics, producer};
-use marktwin_worker::{Tables, Worker, WorkerMetrics};
+use marktwin_state::SnapshotTable;
+use marktwin_state::checkpoint::CheckpointStore;
+use marktwin_worker::{Operator, PosOperator, Runner, Shared, TwinOperator, WorkerMetrics};
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
@@ -99,15 +101,15 @@ pub struct Running {
     pub simulator_addr: Option<SocketAddr>,
     /// The bootstrap servers in use.
     pub bootstrap: String,
-    /// The worker's tables, if the worker runs.
-    pub tables: Option<Tables>,
+    /// The worker's query tables, if the worker runs.
+    pub tables: Option<Vec<Arc<SnapshotTable>>>,
     /// Readiness of the parts.
     pub readiness: Readiness,
     broker: Option<EmbeddedBroker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     worker_stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, Error> {
@@ -304,34 +306,38 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
     }
 
     let worker_stop = Arc::new(AtomicBool::new(false));
-    let mut worker = None;
+    let mut workers = Vec::new();
     let mut tables = None;
     if parts.worker {
-        let t = Tables::new();
-        let Some(d) = dead_letters.clone() else {
+        let (Some(d), Some(p)) = (dead_letters.clone(), producer.clone()) else {
             unreachable!("worker implies kafka");
         };
-        let w = Worker::new(
-            &cfg,
-            &bootstrap,
-            t.clone(),
-            WorkerMetrics::register(&registry)?,
-            d,
-            readiness.clone(),
-        );
-        let stop = worker_stop.clone();
-        let rt = tokio::runtime::Handle::current();
-        worker = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = w.run(stop, rt) {
-                error!(error = %e, "Worker stopped with an error.");
-            }
-        }));
-        tables = Some(t);
+        let shared = Shared {
+            metrics: WorkerMetrics::register(&registry)?,
+            dead_letters: d,
+            late: DeadLetterSink::late(&cfg, p, &registry)?,
+            readiness: readiness.clone(),
+            store: CheckpointStore::open(&cfg.worker.checkpoint.url, &cfg.data_dir)
+                .map_err(|e| Error::Config(format!("worker.checkpoint.url: {e}")))?,
+        };
+        let pos = PosOperator::new(&cfg);
+        let twin = TwinOperator::new(&cfg);
+        let mut all = pos.tables();
+        all.extend(twin.tables());
+        tables = Some(all);
+        workers.push(spawn_runner(
+            Runner::new(&cfg, &bootstrap, pos, shared.clone()),
+            &worker_stop,
+        ));
+        workers.push(spawn_runner(
+            Runner::new(&cfg, &bootstrap, twin, shared),
+            &worker_stop,
+        ));
     }
 
     let listener = bind(http_listen).await?;
     let http_addr = listener.local_addr()?;
-    let table_list = tables.as_ref().map(Tables::all).unwrap_or_default();
+    let table_list = tables.clone().unwrap_or_default();
     let app = router(BoardState::new(
         cfg.board.clone(),
         table_list,
@@ -351,7 +357,18 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         shutdown,
         tasks,
         worker_stop,
-        worker,
+        workers,
+    })
+}
+
+/// Runs `runner` on a blocking thread until `stop` is set.
+fn spawn_runner<O: Operator>(runner: Runner<O>, stop: &Arc<AtomicBool>) -> JoinHandle<()> {
+    let stop = stop.clone();
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = runner.run(stop, rt) {
+            error!(error = %e, "Worker stopped with an error.");
+        }
     })
 }
 
@@ -472,7 +489,7 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         self.worker_stop.store(true, Ordering::Relaxed);
-        if let Some(w) = self.worker.take() {
+        for w in self.workers.drain(..) {
             let _ = w.await;
         }
         for (name, t) in self.tasks.drain(..) {

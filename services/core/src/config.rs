@@ -362,6 +362,121 @@ pub struct WorkerConfig {
     /// Event ids remembered per worker to drop records the edge resent after
     /// a crash; keep it above a few edge pages.
     pub dedup_window: usize,
+    /// Checkpoints of the worker's state and the input offsets it reflects.
+    pub checkpoint: CheckpointConfig,
+    /// The production twin: windows, watermarks, lateness.
+    pub twin: TwinConfig,
+}
+
+/// Where and how often the worker checkpoints its state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Where checkpoints go: empty for `<data_dir>/checkpoints`, a local
+    /// directory, `file:///abs/dir`, or `memory:` (tests; lost on exit).
+    pub url: String,
+    /// Time between checkpoints, ms.
+    pub interval_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            url: String::new(),
+            interval_ms: 10_000,
+        }
+    }
+}
+
+/// Event-time rules of the production twin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwinConfig {
+    /// Local start times of the shifts, `HH:MM`, e.g. `["06:00", "14:00",
+    /// "22:00"]`; a shift lasts until the next one starts.
+    pub shifts: Vec<String>,
+    /// How far behind the newest event time of a source its watermark
+    /// trails, ms: the disorder expected within one input partition.
+    pub out_of_orderness_ms: u64,
+    /// How far behind the watermark an event may still be and update its
+    /// windows, ms. Older events go to the late topic.
+    pub allowed_lateness_ms: u64,
+    /// A source with no record for this long, ms, stops holding back the
+    /// worker's overall watermark (SCADA tags go quiet).
+    pub idle_timeout_ms: u64,
+    /// How long windows of each size are kept behind the newest event, ms.
+    pub retention: WindowRetention,
+}
+
+impl TwinConfig {
+    /// The shift starts as minutes after local midnight, sorted; an error
+    /// names the entry that is not `HH:MM` or repeats another.
+    pub fn shift_starts(&self) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(self.shifts.len());
+        for (i, s) in self.shifts.iter().enumerate() {
+            let field = format!("worker.twin.shifts[{i}]");
+            let parsed = s.split_once(':').and_then(|(h, m)| {
+                let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+                (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+            });
+            let Some(min) = parsed else {
+                return Err(Error::invalid(
+                    &field,
+                    format!("`{s}` is not a time of day HH:MM such as 06:00"),
+                ));
+            };
+            if out.contains(&min) {
+                return Err(Error::invalid(&field, format!("`{s}` is listed twice")));
+            }
+            out.push(min);
+        }
+        if out.is_empty() {
+            return Err(Error::invalid(
+                "worker.twin.shifts",
+                "must list at least one shift start, e.g. [\"00:00\"] for one shift a day",
+            ));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
+impl Default for TwinConfig {
+    fn default() -> Self {
+        TwinConfig {
+            shifts: vec!["06:00".into(), "14:00".into(), "22:00".into()],
+            out_of_orderness_ms: 60_000,
+            allowed_lateness_ms: 3_600_000,
+            idle_timeout_ms: 60_000,
+            retention: WindowRetention::default(),
+        }
+    }
+}
+
+/// Retention of twin windows per size, ms behind the newest event time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowRetention {
+    /// Minute windows (default 3 hours).
+    pub minute_ms: u64,
+    /// Hour windows (default 2 days).
+    pub hour_ms: u64,
+    /// Shift windows (default 14 days).
+    pub shift_ms: u64,
+    /// Day windows and plans (default 62 days).
+    pub day_ms: u64,
+}
+
+impl Default for WindowRetention {
+    fn default() -> Self {
+        const H: u64 = 3_600_000;
+        WindowRetention {
+            minute_ms: 3 * H,
+            hour_ms: 48 * H,
+            shift_ms: 14 * 24 * H,
+            day_ms: 62 * 24 * H,
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -374,6 +489,8 @@ impl Default for WorkerConfig {
             listen: "127.0.0.1:8092".into(),
             utc_offset_minutes: 0,
             dedup_window: 200_000,
+            checkpoint: CheckpointConfig::default(),
+            twin: TwinConfig::default(),
         }
     }
 }
@@ -609,6 +726,31 @@ impl Config {
                 "worker.utc_offset_minutes",
                 "must be between -840 and 840",
             ));
+        }
+        if w.checkpoint.interval_ms == 0 {
+            return Err(bad("worker.checkpoint.interval_ms", "must be at least 1"));
+        }
+        let t = &w.twin;
+        t.shift_starts()?;
+        // A window may only be forgotten once no event can still update it,
+        // or a replay would rebuild it differently.
+        let horizon = t.out_of_orderness_ms + t.allowed_lateness_ms;
+        let r = &t.retention;
+        for (field, v, len) in [
+            ("minute_ms", r.minute_ms, 60_000),
+            ("hour_ms", r.hour_ms, 3_600_000),
+            ("shift_ms", r.shift_ms, 86_400_000),
+            ("day_ms", r.day_ms, 86_400_000),
+        ] {
+            if v < horizon + len {
+                return Err(bad(
+                    &format!("worker.twin.retention.{field}"),
+                    format!(
+                        "must be at least out_of_orderness_ms + allowed_lateness_ms + one window ({} ms)",
+                        horizon + len
+                    ),
+                ));
+            }
         }
         addr("board.listen", &self.board.listen)?;
         if self.board.max_rows == 0 {

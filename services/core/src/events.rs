@@ -157,6 +157,31 @@ pub enum LineState {
     Changeover,
 }
 
+impl LineState {
+    /// All states, in the order tables list their durations.
+    pub const ALL: [LineState; 4] = [
+        LineState::Running,
+        LineState::Idle,
+        LineState::Fault,
+        LineState::Changeover,
+    ];
+
+    /// The snake_case name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineState::Running => "running",
+            LineState::Idle => "idle",
+            LineState::Fault => "fault",
+            LineState::Changeover => "changeover",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// A sampled value of a tag read over OPC UA or Modbus.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TelemetryReading {
@@ -360,6 +385,22 @@ pub struct DeadLetter {
     pub original: String,
     /// When it was rejected, ms since epoch.
     pub rejected_at_ms: i64,
+}
+
+/// One row of a state table as published to a compacted output topic
+/// (`twin`, alerts). The record key is `<table>/<key>`, so compaction keeps
+/// the latest row of each; a row that left the table is a record with that
+/// key and no value (a tombstone).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StateChange {
+    /// The table the row belongs to, e.g. `twin_line_oee`.
+    pub table: String,
+    /// The row's primary key values joined with `/`.
+    pub key: String,
+    /// The row, column name to value.
+    pub row: serde_json::Map<String, serde_json::Value>,
+    /// When the worker published it, ms since epoch.
+    pub published_at_ms: i64,
 }
 
 /// What every payload type tells the envelope about itself.

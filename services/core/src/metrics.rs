@@ -11,6 +11,8 @@ pub const EDGE_RECORDS_READ_TOTAL: &str = "marktwin_edge_records_read_total";
 pub const EDGE_RECORDS_PRODUCED_TOTAL: &str = "marktwin_edge_records_produced_total";
 /// Records sent to the dead-letter topic, labels `stage`, `reason`.
 pub const DEAD_LETTER_RECORDS_TOTAL: &str = "marktwin_dead_letter_records_total";
+/// Events sent to the late topic, labels `stage`, `reason`.
+pub const LATE_RECORDS_TOTAL: &str = "marktwin_late_records_total";
 /// Failed polls of an HTTP source, label `source`.
 pub const EDGE_POLL_ERRORS_TOTAL: &str = "marktwin_edge_poll_errors_total";
 /// Duration of one poll (request to acknowledged produce), label `source`.
@@ -55,6 +57,18 @@ pub const STATE_ROWS: &str = "marktwin_state_rows";
 pub const STATE_PUBLISH_DURATION_SECONDS: &str = "marktwin_state_publish_duration_seconds";
 /// Time to decode and apply one batch, label `topic`.
 pub const WORKER_BATCH_DURATION_SECONDS: &str = "marktwin_worker_batch_duration_seconds";
+/// Records the worker sent to the output topics, labels `topic`.
+pub const WORKER_RECORDS_OUT_TOTAL: &str = "marktwin_worker_records_out_total";
+/// Time from a record's ingest time at the edge to its effect being in
+/// the worker's published tables, label `operator`.
+pub const WORKER_PROCESSING_LATENCY_SECONDS: &str = "marktwin_worker_processing_latency_seconds";
+/// Writing one checkpoint, label `operator`.
+pub const WORKER_CHECKPOINT_DURATION_SECONDS: &str = "marktwin_worker_checkpoint_duration_seconds";
+/// Bytes of the last checkpoint, labels `operator`, `partition`.
+pub const WORKER_CHECKPOINT_BYTES: &str = "marktwin_worker_checkpoint_bytes";
+/// How far the worker's event-time watermark trails the wall clock, s,
+/// label `operator`; idle sources do not hold it back.
+pub const WORKER_WATERMARK_LAG_SECONDS: &str = "marktwin_worker_watermark_lag_seconds";
 
 /// HTTP requests answered by the board, labels `route`, `status`.
 pub const BOARD_REQUESTS_TOTAL: &str = "marktwin_board_requests_total";

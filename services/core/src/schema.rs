@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::events::{
     AllocationOrder, DeadLetter, Envelope, EventKind, InventorySnapshot, LineCapacity,
-    PosTransaction, PriceObservation, ProductionPlan, ProductionRecord, Retailer, TelemetryReading,
+    PosTransaction, PriceObservation, ProductionPlan, ProductionRecord, Retailer, StateChange,
+    TelemetryReading,
 };
 use crate::topics::{id, topics};
 
@@ -45,9 +46,10 @@ pub fn topic_schemas() -> Vec<(String, Value)> {
         .map(|t| {
             let schema = match t.kind {
                 Some(kind) => envelope_schema(kind),
-                None if t.id == id::DEAD_LETTER => {
+                None if t.id == id::DEAD_LETTER || t.id == id::LATE => {
                     schema_of::<DeadLetter>("marktwin.v1 dead letter")
                 }
+                None if t.id == id::TWIN => schema_of::<StateChange>("marktwin.v1 state change"),
                 None => Value::Null,
             };
             (format!("{}.schema.json", t.name), schema)

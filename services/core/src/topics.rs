@@ -86,6 +86,10 @@ pub mod id {
     pub const PRICES: &str = "prices";
     /// Records that were rejected, with the reason.
     pub const DEAD_LETTER: &str = "dead_letter";
+    /// Events that arrived after their windows closed, with the reason.
+    pub const LATE: &str = "late";
+    /// Twin state changes, the latest row per table and key.
+    pub const TWIN: &str = "twin";
 }
 
 fn source(id: &'static str, name: &'static str, key: &'static str, kind: EventKind) -> TopicSpec {
@@ -109,6 +113,16 @@ fn source(id: &'static str, name: &'static str, key: &'static str, kind: EventKi
 /// shorten it per topic.
 pub fn topics() -> Vec<TopicSpec> {
     use EventKind as K;
+    let dead_letter = TopicSpec {
+        id: id::DEAD_LETTER,
+        name: "dead-letter",
+        partitions: 1,
+        key: "source",
+        cleanup: Cleanup::Delete,
+        retention_ms: 4 * WEEK_MS,
+        encoding: Encoding::Json,
+        kind: None,
+    };
     vec![
         source(id::TELEMETRY, "telemetry", "asset", K::TelemetryReading),
         source(id::PRODUCTION, "production", "line_id", K::ProductionRecord),
@@ -142,13 +156,19 @@ pub fn topics() -> Vec<TopicSpec> {
         },
         source(id::POS, "pos", "store_code", K::PosTransaction),
         source(id::PRICES, "prices", "region", K::PriceObservation),
+        dead_letter.clone(),
         TopicSpec {
-            id: id::DEAD_LETTER,
-            name: "dead-letter",
-            partitions: 1,
-            key: "source",
-            cleanup: Cleanup::Delete,
-            retention_ms: 4 * WEEK_MS,
+            id: id::LATE,
+            name: "late-events",
+            ..dead_letter
+        },
+        TopicSpec {
+            id: id::TWIN,
+            name: "twin",
+            partitions: 3,
+            key: "table/key",
+            cleanup: Cleanup::Compact,
+            retention_ms: -1,
             encoding: Encoding::Json,
             kind: None,
         },

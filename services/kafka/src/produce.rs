@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use marktwin_core::Config;
 use marktwin_core::events::DeadLetter;
-use marktwin_core::metrics::DEAD_LETTER_RECORDS_TOTAL;
+use marktwin_core::metrics::{DEAD_LETTER_RECORDS_TOTAL, LATE_RECORDS_TOTAL};
 use marktwin_core::topics::id;
 use prometheus::{IntCounterVec, Opts, Registry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -97,17 +97,39 @@ impl DeadLetterSink {
     /// A sink producing to this deployment's dead-letter topic; registers
     /// its counter on `registry` (once per process).
     pub fn new(cfg: &Config, producer: FutureProducer, registry: &Registry) -> Result<Self> {
-        let count = IntCounterVec::new(
-            Opts::new(
-                DEAD_LETTER_RECORDS_TOTAL,
-                "Records sent to the dead-letter topic, by stage and reason.",
-            ),
-            &["stage", "reason"],
+        Self::to_topic(
+            cfg.topic_name(id::DEAD_LETTER),
+            producer,
+            registry,
+            DEAD_LETTER_RECORDS_TOTAL,
+            "Records sent to the dead-letter topic, by stage and reason.",
         )
-        .and_then(|c| registry.register(Box::new(c.clone())).map(|_| c))?;
+    }
+
+    /// A sink for events that came too late to update their windows: the
+    /// late topic, counted in `marktwin_late_records_total`.
+    pub fn late(cfg: &Config, producer: FutureProducer, registry: &Registry) -> Result<Self> {
+        Self::to_topic(
+            cfg.topic_name(id::LATE),
+            producer,
+            registry,
+            LATE_RECORDS_TOTAL,
+            "Events sent to the late topic, by stage and reason.",
+        )
+    }
+
+    fn to_topic(
+        topic: String,
+        producer: FutureProducer,
+        registry: &Registry,
+        metric: &str,
+        help: &str,
+    ) -> Result<Self> {
+        let count = IntCounterVec::new(Opts::new(metric, help), &["stage", "reason"])
+            .and_then(|c| registry.register(Box::new(c.clone())).map(|_| c))?;
         Ok(DeadLetterSink {
             producer,
-            topic: cfg.topic_name(id::DEAD_LETTER),
+            topic,
             count,
         })
     }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Date32Builder, Float64Builder, StringBuilder, UInt64Builder,
+    ArrayRef, Date32Array, Date32Builder, Float64Array, Float64Builder, StringArray, StringBuilder,
+    UInt64Array, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -13,6 +14,7 @@ use marktwin_core::events::PosTransaction;
 
 use crate::error::{Error, Result};
 use crate::intern::Interner;
+use crate::record::Cols;
 
 /// Name of the table in SQL.
 pub const TABLE: &str = "pos_daily_sales";
@@ -100,6 +102,35 @@ impl DailySales {
     /// True when no line was applied.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// Adds the rows of a checkpoint table written from
+    /// [`DailySales::to_batches`] (concatenated).
+    pub(crate) fn restore(&mut self, c: &Cols<'_>) -> Result<()> {
+        let day = c.get::<Date32Array>("day")?;
+        let (store, sku) = (
+            c.get::<StringArray>("store_code")?,
+            c.get::<StringArray>("sku_code")?,
+        );
+        let lines = c.get::<UInt64Array>("lines")?;
+        let (qty, amount) = (
+            c.get::<Float64Array>("quantity")?,
+            c.get::<Float64Array>("amount")?,
+        );
+        for i in 0..c.rows() {
+            let key = Key {
+                day: day.value(i),
+                store: self.stores.id(store.value(i)),
+                sku: self.skus.id(sku.value(i)),
+            };
+            let agg = Agg {
+                lines: lines.value(i),
+                quantity: qty.value(i),
+                amount: amount.value(i),
+            };
+            self.rows.insert(key, agg);
+        }
+        Ok(())
     }
 
     /// The state as record batches, sorted by day, store and SKU code.

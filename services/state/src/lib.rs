@@ -20,14 +20,20 @@
 //! This crate depends on DataFusion but not on Kafka, HTTP or OPC UA, so its
 //! tests and benches build quickly.
 
+pub mod checkpoint;
 pub mod daily_sales;
 pub mod error;
 pub mod intern;
+pub mod line_twin;
 pub mod pos_state;
+pub mod record;
 pub mod snapshot;
+pub mod window;
 
 pub use daily_sales::DailySales;
 pub use error::{Error, Result};
 pub use intern::Interner;
-pub use pos_state::{Applied, PosState, RecentIds};
+pub use line_twin::LineTwin;
+pub use pos_state::PosState;
+pub use record::{Applied, RecentIds, Rejected};
 pub use snapshot::SnapshotTable;

@@ -1,91 +1,33 @@
-//! The worker's POS state: daily sales plus the bookkeeping that makes
-//! applying an input record exactly-once.
+//! The worker's POS state of one input partition: daily sales plus the
+//! memory of recent event ids.
 //!
 //! Two guards, for two sources of repetition:
 //! - **replayed offsets** (a restart or reassignment re-reads a partition):
-//!   each partition's next offset is kept with the state, and a record below
-//!   it is skipped;
+//!   the worker keeps each partition's next offset with the state's
+//!   checkpoint and skips records below it;
 //! - **resent records** (the edge repeats a page after a crash between the
 //!   broker's acknowledgement and its cursor write): event ids are
 //!   deterministic, and ids seen within the last `window` records are
 //!   skipped. The edge resends at most one page, so a window of a few pages
 //!   is enough.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-
-use marktwin_core::codec;
 use marktwin_core::config::UnitsConfig;
 use marktwin_core::events::{Envelope, EventKind, PosTransaction};
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, UInt64Array};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::RecordBatch;
+
 use crate::daily_sales::DailySales;
+use crate::error::{Error, Result};
+use crate::record::{Applied, Cols, RecentIds, Rejected, ck, decode, parse_id};
 
-/// Why an input record was not applied and must go to the dead-letter topic.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rejected {
-    /// Bounded reason class: `decode` or `wrong_kind`.
-    pub reason: &'static str,
-    /// Detail naming the field.
-    pub detail: String,
-}
-
-/// What happened to one input record.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Applied {
-    /// Its effect is in the state.
-    Applied,
-    /// Its offset was already applied (a replay).
-    ReplayedOffset,
-    /// Its event id was seen recently (a resend by the edge).
-    DuplicateEvent,
-    /// It cannot be applied; send it to the dead-letter topic.
-    Rejected(Rejected),
-}
-
-/// Recently seen event ids, bounded.
-#[derive(Debug, Clone)]
-pub struct RecentIds {
-    set: HashSet<u128>,
-    order: VecDeque<u128>,
-    window: usize,
-}
-
-impl RecentIds {
-    /// Remembers at most `window` ids.
-    pub fn new(window: usize) -> Self {
-        RecentIds {
-            set: HashSet::with_capacity(window.min(1 << 20)),
-            order: VecDeque::with_capacity(window.min(1 << 20)),
-            window: window.max(1),
-        }
-    }
-
-    /// True when `id` is new (and remembers it); false when seen.
-    pub fn insert(&mut self, id: u128) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.window
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
-    }
-}
-
-fn parse_id(hex: &str) -> Option<u128> {
-    if hex.len() != 32 {
-        return None;
-    }
-    u128::from_str_radix(hex, 16).ok()
-}
-
-/// POS state of the partitions one worker owns.
+/// POS state of one input partition.
 #[derive(Debug, Clone)]
 pub struct PosState {
     sales: DailySales,
-    next_offset: HashMap<i32, i64>,
     recent: RecentIds,
     applied: u64,
 }
@@ -95,38 +37,18 @@ impl PosState {
     pub fn new(units: UnitsConfig, utc_offset_minutes: i32, dedup_window: usize) -> Self {
         PosState {
             sales: DailySales::new(units, utc_offset_minutes),
-            next_offset: HashMap::new(),
             recent: RecentIds::new(dedup_window),
             applied: 0,
         }
     }
 
-    /// Decodes (JSON or protobuf, recognised per record) and applies the
-    /// record at `partition`/`offset`.
-    pub fn apply(&mut self, partition: i32, offset: i64, value: &[u8]) -> Applied {
-        let next = self.next_offset.entry(partition).or_insert(0);
-        if offset < *next {
-            return Applied::ReplayedOffset;
-        }
-        *next = offset + 1;
-        let env: Envelope<PosTransaction> = match codec::decode_any(value) {
+    /// Decodes (JSON or protobuf, recognised per record) and applies one
+    /// record. The caller has already skipped replayed offsets.
+    pub fn apply(&mut self, value: &[u8]) -> Applied {
+        let env: Envelope<PosTransaction> = match decode(value, EventKind::PosTransaction) {
             Ok(e) => e,
-            Err(e) => {
-                return Applied::Rejected(Rejected {
-                    reason: "decode",
-                    detail: format!("not a pos_transaction envelope: {e}"),
-                });
-            }
+            Err(r) => return Applied::Rejected(r),
         };
-        if env.kind != EventKind::PosTransaction {
-            return Applied::Rejected(Rejected {
-                reason: "wrong_kind",
-                detail: format!(
-                    "`kind` is `{}`; this topic carries pos_transaction",
-                    env.kind.as_str()
-                ),
-            });
-        }
         let Some(id) = parse_id(&env.event_id) else {
             return Applied::Rejected(Rejected {
                 reason: "decode",
@@ -141,12 +63,7 @@ impl PosState {
         Applied::Applied
     }
 
-    /// The next offset to read of `partition`, if any was applied.
-    pub fn next_offset(&self, partition: i32) -> Option<i64> {
-        self.next_offset.get(&partition).copied()
-    }
-
-    /// Records applied since the state was created.
+    /// Records applied since the state began.
     pub fn applied(&self) -> u64 {
         self.applied
     }
@@ -155,11 +72,51 @@ impl PosState {
     pub fn sales(&self) -> &DailySales {
         &self.sales
     }
+
+    /// The state as checkpoint tables.
+    pub fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        let sales = self.sales.to_batches()?;
+        let sales =
+            concat_batches(&DailySales::schema(), &sales).map_err(|source| Error::Build {
+                table: "sales",
+                source,
+            })?;
+        Ok(vec![
+            ("sales", sales),
+            ck(
+                "meta",
+                vec![(
+                    "applied",
+                    Arc::new(UInt64Array::from(vec![self.applied])) as ArrayRef,
+                )],
+            )?,
+            self.recent.save()?,
+        ])
+    }
+
+    /// Rebuilds the state [`PosState::save`] wrote.
+    pub fn restore(
+        units: UnitsConfig,
+        utc_offset_minutes: i32,
+        dedup_window: usize,
+        tables: &[(String, RecordBatch)],
+    ) -> Result<Self> {
+        let mut s = PosState::new(units, utc_offset_minutes, dedup_window);
+        if let Some(c) = Cols::of(tables, "sales") {
+            s.sales.restore(&c)?;
+        }
+        if let Some(c) = Cols::of(tables, "meta") {
+            s.applied = c.one::<UInt64Array>("applied")?.value(0);
+        }
+        s.recent.restore(tables)?;
+        Ok(s)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use marktwin_core::codec;
     use marktwin_core::events::Unit;
     use marktwin_core::topics::Encoding;
 
@@ -182,36 +139,43 @@ mod tests {
     }
 
     #[test]
-    fn replayed_offsets_and_resent_events_count_once() {
+    fn resent_events_count_once_also_after_a_restore() {
         let mut s = PosState::new(UnitsConfig::default(), 0, 100);
-        assert_eq!(s.apply(0, 0, &rec("A")), Applied::Applied);
-        assert_eq!(s.apply(0, 1, &rec("B")), Applied::Applied);
-        // The partition is read again from the start.
-        assert_eq!(s.apply(0, 0, &rec("A")), Applied::ReplayedOffset);
-        assert_eq!(s.apply(0, 1, &rec("B")), Applied::ReplayedOffset);
-        // The edge resent B at a new offset.
-        assert_eq!(s.apply(0, 2, &rec("B")), Applied::DuplicateEvent);
-        // Another partition has its own offsets.
-        assert_eq!(s.apply(1, 0, &rec("C")), Applied::Applied);
-        assert_eq!(s.applied(), 3);
-        assert_eq!(s.next_offset(0), Some(3));
+        assert_eq!(s.apply(&rec("A")), Applied::Applied);
+        assert_eq!(s.apply(&rec("B")), Applied::Applied);
+        // The edge resent B.
+        assert_eq!(s.apply(&rec("B")), Applied::DuplicateEvent);
+        assert_eq!(s.applied(), 2);
         assert_eq!(s.sales().len(), 1);
+        let saved: Vec<(String, RecordBatch)> = s
+            .save()
+            .unwrap()
+            .into_iter()
+            .map(|(n, b)| (n.to_owned(), b))
+            .collect();
+        let mut back = PosState::restore(UnitsConfig::default(), 0, 100, &saved).unwrap();
+        assert_eq!(back.applied(), 2);
+        assert_eq!(
+            back.sales().to_batches().unwrap(),
+            s.sales().to_batches().unwrap()
+        );
+        assert_eq!(back.apply(&rec("A")), Applied::DuplicateEvent);
+        assert_eq!(back.apply(&rec("C")), Applied::Applied);
     }
 
     #[test]
-    fn undecodable_records_are_rejected_with_the_reason_and_consume_their_offset() {
+    fn undecodable_records_are_rejected_with_the_reason() {
         let mut s = PosState::new(UnitsConfig::default(), 0, 100);
-        match s.apply(0, 0, b"{not json") {
+        match s.apply(b"{not json") {
             Applied::Rejected(r) => assert_eq!(r.reason, "decode"),
             other => panic!("{other:?}"),
         }
         let mut v: serde_json::Value = serde_json::from_slice(&rec("A")).unwrap();
         v["payload"]["unit"] = "bale".into();
-        match s.apply(0, 1, &serde_json::to_vec(&v).unwrap()) {
+        match s.apply(&serde_json::to_vec(&v).unwrap()) {
             Applied::Rejected(r) => assert!(r.detail.contains("bale"), "{}", r.detail),
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.next_offset(0), Some(2));
         assert_eq!(s.applied(), 0);
     }
 
@@ -220,24 +184,13 @@ mod tests {
         let mut s = PosState::new(UnitsConfig::default(), 0, 100);
         let env: serde_json::Value = serde_json::from_slice(&rec("A")).unwrap();
         let pb = codec::encode(&env, Encoding::Protobuf).unwrap();
-        assert_eq!(s.apply(0, 0, &pb), Applied::Applied);
+        assert_eq!(s.apply(&pb), Applied::Applied);
         // The same event as JSON is recognised as the same event.
-        assert_eq!(s.apply(0, 1, &rec("A")), Applied::DuplicateEvent);
-        match s.apply(0, 2, b"\x0a\xff") {
+        assert_eq!(s.apply(&rec("A")), Applied::DuplicateEvent);
+        match s.apply(b"\x0a\xff") {
             Applied::Rejected(r) => assert_eq!(r.reason, "decode"),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.applied(), 1);
-        assert_eq!(s.next_offset(0), Some(3));
-    }
-
-    #[test]
-    fn the_window_is_bounded() {
-        let mut r = RecentIds::new(2);
-        assert!(r.insert(1));
-        assert!(r.insert(2));
-        assert!(!r.insert(1));
-        assert!(r.insert(3));
-        assert!(r.insert(1), "1 fell out of the window");
     }
 }

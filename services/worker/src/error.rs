@@ -9,12 +9,19 @@ pub enum Error {
     /// Building a table snapshot failed: a bug.
     #[error(transparent)]
     State(#[from] marktwin_state::Error),
+    /// The input topics cannot be processed together.
+    #[error("{0}")]
+    Partitions(String),
 }
 
 impl Error {
     /// Whether trying again unchanged can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Kafka(_))
+        match self {
+            Error::Kafka(_) => true,
+            Error::State(e) => e.is_retryable(),
+            Error::Partitions(_) => false,
+        }
     }
 }
 
