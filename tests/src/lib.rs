@@ -78,6 +78,24 @@ pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
         .sum()
 }
 
+/// The rows `q` returns from the SQL endpoint of `running`, as JSON;
+/// panics on an error answer.
+pub async fn sql(running: &Running, q: &str) -> serde_json::Value {
+    let url = format!("http://{}/api/sql", running.http_addr);
+    let resp = reqwest::Client::new()
+        .get(url)
+        .query(&[("q", q)])
+        .send()
+        .await
+        .expect("SQL request");
+    assert!(
+        resp.status().is_success(),
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    resp.json().await.expect("JSON rows")
+}
+
 /// `marktwin` with only the edge, on `cfg` (a config from [`start_edge`])
 /// and the broker at `bootstrap`: the edge restarted.
 pub async fn restart_edge(cfg: &Config, bootstrap: String) -> Running {

@@ -21,7 +21,7 @@ use marktwin_core::topics::Encoding;
 use marktwin_edge::clean::{Cleaner, Outcome};
 use marktwin_edge::pseudonym::Pseudonymiser;
 use marktwin_edge::sim::{self, PosSim};
-use marktwin_tests::{metric, read_topic};
+use marktwin_tests::{metric, read_topic, sql};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -137,18 +137,6 @@ async fn batch_daily_sales(
         .unwrap();
     w.finish().unwrap();
     serde_json::from_slice(&buf).unwrap()
-}
-
-async fn sql(running: &Running, q: &str) -> Value {
-    let url = format!("http://{}/api/sql", running.http_addr);
-    let resp = reqwest::Client::new()
-        .get(url)
-        .query(&[("q", q)])
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-    resp.json().await.unwrap()
 }
 
 async fn wait_for_lines(running: &Running, want: usize) {

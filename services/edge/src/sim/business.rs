@@ -15,7 +15,9 @@
 //!   day, 2–6 lines, mostly in cartons (`CTN`), sometimes packs (`PAK`),
 //!   dates as `YYYYMMDD`.
 //! - ERP plans (`GET /erp/production-plans?cursor=&limit=`): one plan per
-//!   line and day, in cases (`CS`), released 12 hours ahead.
+//!   line and day, in cases (`CS`) of 2,500 packs, about 85 % of the line's
+//!   rated output, released 12 hours ahead; the MES ([`super::mes`]) makes
+//!   the planned SKU.
 //! - SCM inventory (`GET /scm/inventory?updated_since=&offset=&limit=`,
 //!   a bare array, last-modified in ms): the latest hourly count of each
 //!   warehouse and SKU, quantities as text, local times (UTC+8).
@@ -30,7 +32,7 @@ use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use marktwin_core::config::SimulatorConfig;
 use serde_json::{Value, json};
 
-use super::{mix, pack_price};
+use super::{mes, mix, pack_price};
 
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -51,7 +53,7 @@ pub struct Business {
     end_ms: Option<i64>,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(super) fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -70,7 +72,7 @@ fn day_of(ms: i64) -> i64 {
     ms.div_euclid(DAY_MS)
 }
 
-fn date(ms: i64, fmt: &str) -> String {
+pub(super) fn date(ms: i64, fmt: &str) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .format(fmt)
@@ -271,9 +273,9 @@ impl Business {
         json!({
             "planNo": format!("PP-{}-L{:02}", date(day_ms, "%Y%m%d"), l + 1),
             "lineCode": format!("line-{}", l + 1),
-            "matCode": format!("SKU{:04}", (l * 5 + d as u64) % self.skus + 1),
+            "matCode": mes::planned_sku(l, d, self.skus),
             "planDate": date(day_ms, "%Y-%m-%d"),
-            "planQty": 20 + mix(self.seed, 50, k) % 21,
+            "planQty": plan_cases(l, mix(self.seed, 50, k)),
             "uom": "CS",
         })
     }
@@ -404,9 +406,16 @@ fn modified_since(
         .map(|(_, id, version)| (id, version))
 }
 
+/// A day's plan for line `l` in cases of 2,500 packs: 85 % of its rated
+/// output, give or take 10 %.
+fn plan_cases(l: u64, r: u64) -> u64 {
+    let day = mes::rated_per_minute(l) * 1440.0 * 0.85 / 2500.0;
+    (day * (0.9 + 0.2 * super::unit_f64(r))).round() as u64
+}
+
 /// Entries of a log from `cursor` on, those released by `until`, at most
 /// `limit`.
-fn log_page(
+pub(super) fn log_page(
     cursor: u64,
     limit: usize,
     until: i64,

@@ -1,5 +1,6 @@
 //! The business-system simulators behind one HTTP listener: cloud POS
-//! ([`pos`]), CRM, ERP, SCM and WMS ([`business`]). Seeded and
+//! ([`pos`]), CRM, ERP, SCM and WMS ([`business`]), the plant's MES
+//! ([`mes`]). Seeded and
 //! deterministic; `marktwin up` polls them with the sources of
 //! [`sources`] when `edge.http` is empty.
 //!
@@ -9,6 +10,7 @@
 //! request rate (`simulator.api_max_requests_per_sec`).
 
 pub mod business;
+pub mod mes;
 pub mod pos;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ use marktwin_core::sources::{
 use serde_json::{Value, json};
 
 pub use business::Business;
+pub use mes::Mes;
 pub use pos::{Page, PosSim};
 
 /// SplitMix64 over (seed, stream, index): a counter-based generator, so any
@@ -60,6 +63,8 @@ pub struct Api {
     pub pos: PosSim,
     /// CRM, ERP, SCM, WMS.
     pub business: Business,
+    /// The plant's MES.
+    pub mes: Mes,
     token: Option<String>,
     fail_every: u64,
     max_per_sec: f64,
@@ -74,6 +79,7 @@ impl Api {
         Api {
             pos: PosSim::new(s, start_ms),
             business: Business::new(s, start_ms),
+            mes: Mes::new(s, start_ms),
             token: s.api_token.clone(),
             fail_every: s.api_fail_every,
             max_per_sec: s.api_max_requests_per_sec,
@@ -172,12 +178,28 @@ async fn orders(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
 }
 
 async fn plans(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
-    let p = api.business.plans(
+    records_page(api.business.plans(
         num(&q, "cursor", 0),
         limit(&q, "limit"),
         marktwin_core::now_ms(),
-    );
+    ))
+}
+
+/// A cursor-paged log answer in the ERP / MES shape.
+fn records_page(p: business::LogPage) -> Response {
     Json(json!({"records": p.records, "nextCursor": p.next, "hasMore": p.more})).into_response()
+}
+
+async fn production(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
+    records_page(api.mes.productions(
+        num(&q, "cursor", 0),
+        limit(&q, "limit"),
+        marktwin_core::now_ms(),
+    ))
+}
+
+async fn capacity(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
+    records_page(api.mes.capacities(num(&q, "cursor", 0), limit(&q, "limit")))
 }
 
 async fn inventory(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
@@ -192,12 +214,11 @@ async fn inventory(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
 }
 
 async fn wms(State(api): State<Arc<Api>>, Query(q): Params) -> Response {
-    let p = api.business.wms(
+    records_page(api.business.wms(
         num(&q, "cursor", 0),
         limit(&q, "limit"),
         marktwin_core::now_ms(),
-    );
-    Json(json!({"records": p.records, "nextCursor": p.next, "hasMore": p.more})).into_response()
+    ))
 }
 
 /// Lets a request through to its API unless [`Api::refusal`] refuses it.
@@ -217,6 +238,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/erp/production-plans", get(plans))
         .route("/scm/inventory", get(inventory))
         .route("/wms/stock", get(wms))
+        .route("/mes/production", get(production))
+        .route("/mes/line-capacity", get(capacity))
         .route_layer(middleware::from_fn_with_state(api.clone(), admit))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(api)
@@ -397,7 +420,44 @@ pub fn sources(addr: &str) -> Vec<HttpSource> {
         map: Some(wms_map),
         ..HttpSource::default()
     };
-    vec![pos, crm, orders, plans, scm, wms]
+    let production = HttpSource {
+        source: "mes-production".into(),
+        url: url("/mes/production"),
+        page_size: 2000,
+        poll_interval_ms: 5000,
+        map: Some(map(
+            EventKind::ProductionRecord,
+            &[
+                ("line_id", "lineCode"),
+                ("sku_code", "matCode"),
+                ("good_count", "goodQty"),
+                ("reject_count", "rejectQty"),
+                ("unit", "uom"),
+                ("state", "status"),
+                ("period_start_ms", "periodStart"),
+                ("period_end_ms", "periodEnd"),
+            ],
+            &[("PAK", Unit::Pack)],
+        )),
+        ..HttpSource::default()
+    };
+    let capacity = HttpSource {
+        source: "mes-capacity".into(),
+        url: url("/mes/line-capacity"),
+        poll_interval_ms: 60_000,
+        map: Some(map(
+            EventKind::LineCapacity,
+            &[
+                ("line_id", "lineCode"),
+                ("rated_per_minute", "ratedSpeed"),
+                ("unit", "uom"),
+                ("valid_from", "validFrom"),
+            ],
+            &[("PAK", Unit::Pack)],
+        )),
+        ..HttpSource::default()
+    };
+    vec![pos, crm, orders, plans, scm, wms, production, capacity]
 }
 
 /// The fusion of the simulated SCM's and WMS's stock: the warehouse system
