@@ -8,6 +8,9 @@
 //! late and dead-letter topics must hold exactly the records the batch
 //! finds late or bad.
 //!
+//! Between the kills the workers scale from one process to three sharing
+//! the partitions (static assignment, worker i of n) and back to one.
+//!
 //! The worker processes are this test binary started again on the
 //! `#[ignore]`d test [`twin_worker_child`], which runs the same
 //! `app::start` as `marktwin worker`.
@@ -285,6 +288,16 @@ async fn produce(producer: &FutureProducer, cfg: &Config, chunk: &[Out]) {
     }
 }
 
+/// Writes the config of worker `i` of `n` and returns its path.
+fn worker_config(cfg: &Config, dir: &std::path::Path, i: u32, n: u32) -> std::path::PathBuf {
+    let mut cfg = cfg.clone();
+    cfg.worker.instance = i;
+    cfg.worker.instances = n;
+    let path = dir.join(format!("worker-{i}-of-{n}.json"));
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    path
+}
+
 fn spawn_child(config_path: &std::path::Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "twin_worker_child", "--nocapture"])
@@ -327,8 +340,7 @@ async fn twin_is_exact_after_repeated_sigkill() {
     marktwin_kafka::topics::ensure_topics(&cfg, &cfg.kafka.brokers)
         .await
         .unwrap();
-    let config_path = dir.path().join("worker.json");
-    std::fs::write(&config_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let config_path = worker_config(&cfg, dir.path(), 0, 1);
 
     // 02:00 local time, four days ago.
     let t0 = (marktwin_core::now_ms() / DAY - 4) * DAY - 6 * 3_600_000;
@@ -342,13 +354,25 @@ async fn twin_is_exact_after_repeated_sigkill() {
     let per_chunk = outs.len().div_ceil(CHUNKS);
     for (i, chunk) in outs.chunks(per_chunk).enumerate() {
         produce(&producer, &cfg, chunk).await;
-        let mut child = spawn_child(&config_path);
+        // Scale out and back: one worker, then three sharing the
+        // partitions (worker i of 3), then one again. State follows its
+        // partitions through the shared checkpoint directory.
+        let n = if (CHUNKS / 3..2 * CHUNKS / 3).contains(&i) {
+            3
+        } else {
+            1
+        };
+        let mut children: Vec<Child> = (0..n)
+            .map(|k| spawn_child(&worker_config(&cfg, dir.path(), k, n)))
+            .collect();
         let ms = 300 + rng.below(2500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        for child in &mut children {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
         eprintln!(
-            "chunk {i}: killed after {ms} ms; checkpointed {:?}",
+            "chunk {i}: {n} worker(s) killed after {ms} ms; checkpointed {:?}",
             checkpointed(&store).await
         );
     }
