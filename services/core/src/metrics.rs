@@ -59,8 +59,9 @@ pub const STATE_PUBLISH_DURATION_SECONDS: &str = "marktwin_state_publish_duratio
 pub const WORKER_BATCH_DURATION_SECONDS: &str = "marktwin_worker_batch_duration_seconds";
 /// Records the worker sent to the output topics, labels `topic`.
 pub const WORKER_RECORDS_OUT_TOTAL: &str = "marktwin_worker_records_out_total";
-/// Time from a record's ingest time at the edge to its effect being in
-/// the worker's published tables, label `operator`.
+/// Time from a record's broker timestamp (set when the edge produced it)
+/// to the end of the worker batch that applied it, label `operator`; the
+/// tables show it within one more `worker.publish_interval_ms`.
 pub const WORKER_PROCESSING_LATENCY_SECONDS: &str = "marktwin_worker_processing_latency_seconds";
 /// Writing one checkpoint, label `operator`.
 pub const WORKER_CHECKPOINT_DURATION_SECONDS: &str = "marktwin_worker_checkpoint_duration_seconds";

@@ -46,6 +46,7 @@ pub struct WorkerMetrics {
     rows: IntGaugeVec,
     publish: HistogramVec,
     batch: HistogramVec,
+    latency: HistogramVec,
     checkpoint: HistogramVec,
     checkpoint_bytes: IntGaugeVec,
     watermark_lag: prometheus::GaugeVec,
@@ -85,7 +86,17 @@ impl WorkerMetrics {
                 m::WORKER_BATCH_DURATION_SECONDS,
                 "Decoding and applying one batch.",
             ),
-            &["topic"],
+            &["operator"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                m::WORKER_PROCESSING_LATENCY_SECONDS,
+                "From a record's broker timestamp to the end of the batch that applied it.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["operator"],
         )?;
         let checkpoint = HistogramVec::new(
             HistogramOpts::new(
@@ -109,7 +120,7 @@ impl WorkerMetrics {
         for g in [&offset, &lag, &rows, &checkpoint_bytes] {
             registry.register(Box::new(g.clone()))?;
         }
-        for h in [&publish, &batch, &checkpoint] {
+        for h in [&publish, &batch, &latency, &checkpoint] {
             registry.register(Box::new(h.clone()))?;
         }
         registry.register(Box::new(watermark_lag.clone()))?;
@@ -120,6 +131,7 @@ impl WorkerMetrics {
             rows,
             publish,
             batch,
+            latency,
             checkpoint,
             checkpoint_bytes,
             watermark_lag,
@@ -350,6 +362,8 @@ impl<O: Operator> Runner<O> {
         let mut rejects: Vec<DeadLetter> = Vec::new();
         let mut lates: Vec<DeadLetter> = Vec::new();
         let mut counts: BTreeMap<(usize, i32), u64> = BTreeMap::new();
+        // Broker timestamps of the batch's records, for the latency.
+        let mut stamps: Vec<i64> = Vec::with_capacity(max_batch);
 
         while !stop.load(Ordering::Relaxed) {
             let batch_started = Instant::now();
@@ -376,6 +390,9 @@ impl<O: Operator> Runner<O> {
                         }
                         part.next[input] = Some(off + 1);
                         part.last_record = Instant::now();
+                        if let Some(ts) = msg.timestamp().to_millis() {
+                            stamps.push(ts);
+                        }
                         let value = msg.payload().unwrap_or_default();
                         let letter = |r: marktwin_state::Rejected| DeadLetter {
                             reason: r.reason.to_owned(),
@@ -421,6 +438,11 @@ impl<O: Operator> Runner<O> {
                     .batch
                     .with_label_values(&[name])
                     .observe(batch_started.elapsed().as_secs_f64());
+                let now = now_ms();
+                let latency = self.metrics.latency.with_label_values(&[name]);
+                for ts in stamps.drain(..) {
+                    latency.observe((now - ts).max(0) as f64 / 1000.0);
+                }
                 for ((input, p), c) in std::mem::take(&mut counts) {
                     self.metrics
                         .records_in
