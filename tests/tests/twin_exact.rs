@@ -120,6 +120,9 @@ fn date(ms: i64) -> NaiveDate {
 /// - 2 % of the minutes held back 5–40 minutes (within the lateness),
 /// - 0.3 % held back 100–150 minutes (late: to the late topic),
 /// - 1 % sent twice, a little later (duplicates),
+/// - 0.5 % corrected 1–10 minutes later (half the count, sometimes a
+///   fault instead): the correction replaces the first version; a third
+///   of those corrections taken back by the first version again,
 /// - 0.1 % undecodable and 0.1 % ending before they start (dead letters),
 /// - a few minutes in cartons, the rest in packs,
 /// - plans per line and day, 10 % of them revised later,
@@ -226,6 +229,15 @@ fn workload(seed: u64, t0: i64) -> Vec<Out> {
                 period_start_ms: t,
                 period_end_ms: if bad_period { t - MINUTE } else { t + MINUTE },
             };
+            let correction = ProductionRecord {
+                good_count: good / 2,
+                state: if rng.below(3) == 0 {
+                    LineState::Fault
+                } else {
+                    *st
+                },
+                ..rec.clone()
+            };
             let o = out("production", l, rec);
             let r = rng.below(1000);
             if r < 20 {
@@ -240,6 +252,18 @@ fn workload(seed: u64, t0: i64) -> Vec<Out> {
                         ..o
                     };
                     held.push((m + rng.below(3) as usize, copy));
+                } else if r < 38 {
+                    let fixed = out("production", l, correction);
+                    held.push((m + 1 + rng.below(10) as usize, fixed));
+                    if rng.below(3) == 0 {
+                        // Taken back: the first version again, later.
+                        let revert = Out {
+                            value: o.value.clone(),
+                            key: o.key.clone(),
+                            ..o
+                        };
+                        held.push((m + 12 + rng.below(5) as usize, revert));
+                    }
                 }
                 outs.push(o);
             }
@@ -746,19 +770,22 @@ impl Truth {
         )
         .unwrap();
 
-        // Deduplicated by event id (first by offset), then the late rule:
-        // behind the newest earlier event time of the partition by more
-        // than the disorder plus the lateness.
+        // The late rule: behind the newest earlier event time of the
+        // partition by more than the disorder plus the lateness. A record
+        // behind whose event id came before is a duplicate, not late.
         let classified = format!(
-            "SELECT *, prev_max IS NOT NULL AND t < prev_max - {ooo} - {lateness} AS is_late FROM ( \
+            "SELECT *, prev_max IS NOT NULL AND t < prev_max - {ooo} - {lateness} AS behind FROM ( \
                SELECT *, MAX(t) OVER (PARTITION BY part ORDER BY off \
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max \
-               FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY off) AS rn FROM prod) \
-               WHERE rn = 1)"
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max, \
+                 ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY off) AS rn FROM prod)"
         );
         let df = ctx.sql(&classified).await.unwrap();
         ctx.register_table("classified", df.into_view()).unwrap();
-        let late_rows = rows(&ctx, "SELECT part, off FROM classified WHERE is_late").await;
+        let late_rows = rows(
+            &ctx,
+            "SELECT part, off FROM classified WHERE behind AND rn = 1",
+        )
+        .await;
         let late = late_rows
             .iter()
             .map(|r| {
@@ -770,10 +797,20 @@ impl Truth {
             })
             .collect();
         let df = ctx
-            .sql("SELECT * FROM classified WHERE NOT is_late")
+            .sql("SELECT * FROM classified WHERE NOT behind")
             .await
             .unwrap();
         ctx.register_table("applied", df.into_view()).unwrap();
+        // The last applied version of each period: a correction replaces,
+        // the same content again changes nothing.
+        let df = ctx
+            .sql(
+                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY line, t ORDER BY off DESC) \
+                 AS version FROM applied) WHERE version = 1",
+            )
+            .await
+            .unwrap();
+        ctx.register_table("current", df.into_view()).unwrap();
         let df = ctx
             .sql("SELECT part, MAX(t) AS pmax FROM applied GROUP BY part")
             .await
@@ -811,7 +848,7 @@ impl Truth {
                        SUM(CASE WHEN state = 'fault' THEN t_end - t ELSE 0 END) AS fault_ms, \
                        SUM(CASE WHEN state = 'changeover' THEN t_end - t ELSE 0 END) AS changeover_ms, \
                        SUM(good) AS good, SUM(reject) AS reject, COUNT(*) AS records, {keep} AS keep \
-                     FROM (SELECT *, {start} AS ws FROM applied) GROUP BY part, line, sku, ws"
+                     FROM (SELECT *, {start} AS ws FROM current) GROUP BY part, line, sku, ws"
                 )
             })
             .collect();
@@ -819,8 +856,7 @@ impl Truth {
         // rated rate that day: the SKU's own capacity, else the line's.
         let caps_dedup = "(SELECT * FROM (SELECT *, ROW_NUMBER() OVER \
               (PARTITION BY line, sku, from_day ORDER BY off DESC) AS k FROM \
-              (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY off) AS rn FROM cap) WHERE rn = 1)) \
-              WHERE k = 1)";
+              cap) WHERE k = 1)";
         ctx.register_table("capd", ctx.sql(caps_dedup).await.unwrap().into_view())
             .unwrap();
         let win = format!(
@@ -898,8 +934,7 @@ impl Truth {
         let plan_q = format!(
             "SELECT p.line, p.sku, p.day, SUM(p.qty) AS planned FROM \
                (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY plan_id ORDER BY off DESC) AS k \
-                  FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY off) AS rn \
-                        FROM plan) WHERE rn = 1)) WHERE k = 1) p \
+                  FROM plan) WHERE k = 1) p \
              LEFT JOIN pmax pm ON p.part = pm.part \
              WHERE pm.pmax IS NULL OR (CAST(p.day AS BIGINT) + 1) * {DAY} - {off} >= pm.pmax - {keep} \
              GROUP BY p.line, p.sku, p.day",
@@ -937,7 +972,9 @@ impl Truth {
             "SELECT part, off, line, sku, state, t, t_end FROM applied ORDER BY part, off",
         )
         .await;
-        let applied_production = applied_rows.len();
+        let applied_production = rows(&ctx, "SELECT COUNT(*) AS n FROM current").await[0]["n"]
+            .as_u64()
+            .unwrap() as usize;
         let mut status: BTreeMap<String, (String, i64, String, i64, i64)> = BTreeMap::new();
         for r in applied_rows.drain(..) {
             let line = r["line"].as_str().unwrap().to_owned();

@@ -17,6 +17,18 @@
 //! records before it in the same partition, a replay decides the same way,
 //! and a batch query can recompute it (see the twin test).
 //!
+//! A period sent again with other content (the same line and start, so a
+//! new event id) is a **correction**: it replaces the earlier version in
+//! every window instead of adding to it; sent again with the same content
+//! it changes nothing. What each period added is kept for the minute
+//! windows' retention, which outlasts the lateness horizon. Duplicates are
+//! recognised by comparing with the current version rather than by event
+//! ids seen, so a correction can be taken back (A, B, A ends at A). A late
+//! record whose event id was seen in the last `worker.dedup_window`
+//! records is a duplicate, not late: a resent record is late once, and an
+//! applied one resent after its window closed is not reported. Plans and
+//! capacities are duplicates when their content equals the current one.
+//!
 //! Windows whose end is further behind the newest event time than their
 //! retention are forgotten; validation keeps the retention above the
 //! lateness horizon, so a forgotten window can only be addressed by a late
@@ -147,6 +159,18 @@ struct Plan {
     quantity: f64,
 }
 
+/// What one production period added to its windows, kept so that a
+/// correction of the period can take it back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Period {
+    sku: u32,
+    /// Index into [`LineState::ALL`].
+    state: usize,
+    duration: i64,
+    good: f64,
+    reject: f64,
+}
+
 /// Capacity key: line, SKU (`None`: the whole line), first valid day.
 type CapKey = (u32, Option<u32>, i32);
 
@@ -158,6 +182,8 @@ pub struct LineTwin {
     skus: Interner,
     status: HashMap<u32, Status>,
     windows: HashMap<WinKey, WinAcc>,
+    /// By line and period start.
+    periods: HashMap<(u32, i64), Period>,
     plans: HashMap<String, Plan>,
     capacity: HashMap<CapKey, f64>,
     max_event_ms: Option<i64>,
@@ -176,6 +202,7 @@ impl LineTwin {
             skus: Interner::default(),
             status: HashMap::new(),
             windows: HashMap::new(),
+            periods: HashMap::new(),
             plans: HashMap::new(),
             capacity: HashMap::new(),
             max_event_ms: None,
@@ -224,14 +251,15 @@ impl LineTwin {
                 ),
             });
         }
-        if !self.fresh(&env.event_id)? {
-            return Ok(Applied::DuplicateEvent);
-        }
         let t = r.period_start_ms;
-        let p = &self.params;
+        let p = self.params.clone();
         if let Some(max) = self.max_event_ms {
             let watermark = max - p.out_of_orderness_ms;
             if t < watermark - p.allowed_lateness_ms {
+                // A late record sent twice is late once.
+                if !self.fresh(&env.event_id)? {
+                    return Ok(Applied::DuplicateEvent);
+                }
                 self.late += 1;
                 return Ok(Applied::Late(Rejected {
                     reason: "late",
@@ -244,28 +272,31 @@ impl LineTwin {
                 }));
             }
         }
+        // Remembered, so that this record sent again once it is late is a
+        // duplicate rather than a late record.
+        self.fresh(&env.event_id)?;
         self.max_event_ms = Some(self.max_event_ms.map_or(t, |m| m.max(t)));
         let line = self.lines.id(&r.line_id);
         let sku = self.skus.id(&r.sku_code);
         let good = p.units.to_report(r.good_count as f64, r.unit);
         let reject = p.units.to_report(r.reject_count as f64, r.unit);
-        let duration = r.period_end_ms - r.period_start_ms;
-        let state = r.state as usize;
-        for kind in WindowKind::ALL {
-            let (start, end) = p.calendar.window(kind, t);
-            let acc = self.windows.entry(WinKey {
-                line,
-                kind,
-                start,
-                sku,
-            });
-            let acc = acc.or_default();
-            acc.end = end;
-            acc.state_ms[state] += duration;
-            acc.good += good;
-            acc.reject += reject;
-            acc.records += 1;
+        let period = Period {
+            sku,
+            state: r.state as usize,
+            duration: r.period_end_ms - r.period_start_ms,
+            good,
+            reject,
+        };
+        // The same content again changes nothing; other content corrects.
+        // (Comparing with the current version, not with event ids seen,
+        // lets a correction be taken back: A, B, A ends at A.)
+        if self.periods.get(&(line, t)) == Some(&period) {
+            return Ok(Applied::DuplicateEvent);
         }
+        if let Some(earlier) = self.periods.insert((line, t), period) {
+            self.add(line, t, &earlier, -1);
+        }
+        self.add(line, t, &period, 1);
         let next = Status {
             state: r.state,
             since_ms: t,
@@ -289,11 +320,33 @@ impl LineTwin {
         Ok(Applied::Applied)
     }
 
+    /// Adds (`sign` 1) or takes back (`sign` -1) what `period` of `line`
+    /// starting at `t` contributes to each of its windows; a window left
+    /// with no period goes.
+    fn add(&mut self, line: u32, t: i64, period: &Period, sign: i8) {
+        let f = f64::from(sign);
+        for kind in WindowKind::ALL {
+            let (start, end) = self.params.calendar.window(kind, t);
+            let key = WinKey {
+                line,
+                kind,
+                start,
+                sku: period.sku,
+            };
+            let acc = self.windows.entry(key).or_default();
+            acc.end = end;
+            acc.state_ms[period.state] += i64::from(sign) * period.duration;
+            acc.good += f * period.good;
+            acc.reject += f * period.reject;
+            acc.records = acc.records.wrapping_add_signed(i64::from(sign));
+            if acc.records == 0 {
+                self.windows.remove(&key);
+            }
+        }
+    }
+
     fn apply_plan(&mut self, value: &[u8]) -> Result<Applied, Rejected> {
         let env: Envelope<ProductionPlan> = decode(value, EventKind::ProductionPlan)?;
-        if !self.fresh(&env.event_id)? {
-            return Ok(Applied::DuplicateEvent);
-        }
         let p = &env.payload;
         let plan = Plan {
             line: self.lines.id(&p.line_id),
@@ -301,15 +354,15 @@ impl LineTwin {
             day: days_since_epoch(p.plan_date),
             quantity: self.params.units.to_report(p.planned_quantity, p.unit),
         };
-        self.plans.insert(p.plan_id.clone(), plan);
+        // Replaced by id; the same content again is a duplicate.
+        if self.plans.insert(p.plan_id.clone(), plan) == Some(plan) {
+            return Ok(Applied::DuplicateEvent);
+        }
         Ok(Applied::Applied)
     }
 
     fn apply_capacity(&mut self, value: &[u8]) -> Result<Applied, Rejected> {
         let env: Envelope<LineCapacity> = decode(value, EventKind::LineCapacity)?;
-        if !self.fresh(&env.event_id)? {
-            return Ok(Applied::DuplicateEvent);
-        }
         let c = &env.payload;
         let key = (
             self.lines.id(&c.line_id),
@@ -317,7 +370,9 @@ impl LineTwin {
             days_since_epoch(c.valid_from),
         );
         let rate = self.params.units.to_report(c.rated_per_minute, c.unit);
-        self.capacity.insert(key, rate);
+        if self.capacity.insert(key, rate) == Some(rate) {
+            return Ok(Applied::DuplicateEvent);
+        }
         Ok(Applied::Applied)
     }
 
@@ -338,9 +393,13 @@ impl LineTwin {
             .map(|m| m - self.params.out_of_orderness_ms)
     }
 
-    /// Rows held: windows, lines, plans and capacities.
+    /// Rows held: windows, periods, lines, plans and capacities.
     pub fn rows(&self) -> usize {
-        self.windows.len() + self.status.len() + self.plans.len() + self.capacity.len()
+        self.windows.len()
+            + self.periods.len()
+            + self.status.len()
+            + self.plans.len()
+            + self.capacity.len()
     }
 
     /// Forgets windows and plans older than their retention behind the
@@ -352,6 +411,8 @@ impl LineTwin {
         let p = &self.params;
         self.windows
             .retain(|k, acc| acc.end >= max - p.retention(k.kind));
+        let periods_from = max - p.retention(WindowKind::Minute);
+        self.periods.retain(|(_, start), _| *start >= periods_from);
         let day_horizon = max - p.retention(WindowKind::Day);
         let cal = &p.calendar;
         self.plans
@@ -414,6 +475,14 @@ fn ts(v: Vec<i64>) -> ArrayRef {
 
 fn strings<'a>(v: impl IntoIterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(v))
+}
+
+fn int64s(v: impl IntoIterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(v))
+}
+
+fn float64s(v: impl IntoIterator<Item = f64>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter_values(v))
 }
 
 fn build(table: &'static str, schema: &SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch> {
@@ -710,6 +779,7 @@ impl LineTwin {
 
 const CK_LINES: &str = "lines";
 const CK_WINDOWS: &str = "windows";
+const CK_PERIODS: &str = "periods";
 const CK_PLANS: &str = "plans";
 const CK_CAPACITY: &str = "capacity";
 const CK_META: &str = "meta";
@@ -728,57 +798,30 @@ impl LineTwin {
             vec![
                 ("line", strings(st.iter().map(|(l, _)| line(l)))),
                 ("state", strings(st.iter().map(|(_, s)| s.state.as_str()))),
-                (
-                    "since",
-                    Arc::new(Int64Array::from_iter_values(
-                        st.iter().map(|(_, s)| s.since_ms),
-                    )),
-                ),
+                ("since", int64s(st.iter().map(|(_, s)| s.since_ms))),
                 ("sku", strings(st.iter().map(|(_, s)| sku(&s.sku)))),
                 (
                     "last_start",
-                    Arc::new(Int64Array::from_iter_values(
-                        st.iter().map(|(_, s)| s.last_start_ms),
-                    )),
+                    int64s(st.iter().map(|(_, s)| s.last_start_ms)),
                 ),
-                (
-                    "last_end",
-                    Arc::new(Int64Array::from_iter_values(
-                        st.iter().map(|(_, s)| s.last_end_ms),
-                    )),
-                ),
+                ("last_end", int64s(st.iter().map(|(_, s)| s.last_end_ms))),
             ],
         )?);
 
         let w: Vec<(&WinKey, &WinAcc)> = self.windows.iter().collect();
-        let i64s = |f: &dyn Fn(&WinAcc) -> i64| -> ArrayRef {
-            Arc::new(Int64Array::from_iter_values(w.iter().map(|(_, a)| f(a))))
-        };
+        let i64s = |f: &dyn Fn(&WinAcc) -> i64| -> ArrayRef { int64s(w.iter().map(|(_, a)| f(a))) };
         let mut cols: Vec<(&str, ArrayRef)> = vec![
             ("line", strings(w.iter().map(|(k, _)| line(&k.line)))),
             ("sku", strings(w.iter().map(|(k, _)| sku(&k.sku)))),
             ("kind", strings(w.iter().map(|(k, _)| k.kind.as_str()))),
-            (
-                "start",
-                Arc::new(Int64Array::from_iter_values(w.iter().map(|(k, _)| k.start))),
-            ),
+            ("start", int64s(w.iter().map(|(k, _)| k.start))),
             ("end", i64s(&|a| a.end)),
         ];
         for (i, s) in LineState::ALL.iter().enumerate() {
             cols.push((s.as_str(), i64s(&|a| a.state_ms[i])));
         }
-        cols.push((
-            "good",
-            Arc::new(Float64Array::from_iter_values(
-                w.iter().map(|(_, a)| a.good),
-            )),
-        ));
-        cols.push((
-            "reject",
-            Arc::new(Float64Array::from_iter_values(
-                w.iter().map(|(_, a)| a.reject),
-            )),
-        ));
+        cols.push(("good", float64s(w.iter().map(|(_, a)| a.good))));
+        cols.push(("reject", float64s(w.iter().map(|(_, a)| a.reject))));
         cols.push((
             "records",
             Arc::new(UInt64Array::from_iter_values(
@@ -786,6 +829,23 @@ impl LineTwin {
             )),
         ));
         out.push(ck(CK_WINDOWS, cols)?);
+
+        let pe: Vec<(&(u32, i64), &Period)> = self.periods.iter().collect();
+        out.push(ck(
+            CK_PERIODS,
+            vec![
+                ("line", strings(pe.iter().map(|((l, _), _)| line(l)))),
+                ("start", int64s(pe.iter().map(|((_, t), _)| *t))),
+                ("sku", strings(pe.iter().map(|(_, p)| sku(&p.sku)))),
+                (
+                    "state",
+                    strings(pe.iter().map(|(_, p)| LineState::ALL[p.state].as_str())),
+                ),
+                ("duration", int64s(pe.iter().map(|(_, p)| p.duration))),
+                ("good", float64s(pe.iter().map(|(_, p)| p.good))),
+                ("reject", float64s(pe.iter().map(|(_, p)| p.reject))),
+            ],
+        )?);
 
         let p: Vec<(&String, &Plan)> = self.plans.iter().collect();
         out.push(ck(
@@ -798,12 +858,7 @@ impl LineTwin {
                     "day",
                     Arc::new(Int32Array::from_iter_values(p.iter().map(|(_, p)| p.day))),
                 ),
-                (
-                    "quantity",
-                    Arc::new(Float64Array::from_iter_values(
-                        p.iter().map(|(_, p)| p.quantity),
-                    )),
-                ),
+                ("quantity", float64s(p.iter().map(|(_, p)| p.quantity))),
             ],
         )?);
 
@@ -824,10 +879,7 @@ impl LineTwin {
                         c.iter().map(|((_, _, d), _)| *d),
                     )),
                 ),
-                (
-                    "rated",
-                    Arc::new(Float64Array::from_iter_values(c.iter().map(|(_, r)| **r))),
-                ),
+                ("rated", float64s(c.iter().map(|(_, r)| **r))),
             ],
         )?);
 
@@ -913,6 +965,32 @@ impl LineTwin {
                 t.windows.insert(key, acc);
             }
         }
+        if let Some(c) = Cols::of(tables, CK_PERIODS) {
+            let (line, start, sku, state) = (
+                c.get::<StringArray>("line")?,
+                c.get::<Int64Array>("start")?,
+                c.get::<StringArray>("sku")?,
+                c.get::<StringArray>("state")?,
+            );
+            let (duration, good, reject) = (
+                c.get::<Int64Array>("duration")?,
+                c.get::<Float64Array>("good")?,
+                c.get::<Float64Array>("reject")?,
+            );
+            for i in 0..c.rows() {
+                let st = LineState::parse(state.value(i))
+                    .ok_or_else(|| c.bad(format!("`state` `{}` is unknown", state.value(i))))?;
+                let period = Period {
+                    sku: t.skus.id(sku.value(i)),
+                    state: st as usize,
+                    duration: duration.value(i),
+                    good: good.value(i),
+                    reject: reject.value(i),
+                };
+                t.periods
+                    .insert((t.lines.id(line.value(i)), start.value(i)), period);
+            }
+        }
         if let Some(c) = Cols::of(tables, CK_PLANS) {
             let (id, line, sku) = (
                 c.get::<StringArray>("plan_id")?,
@@ -993,6 +1071,7 @@ impl LineTwin {
                 t.late,
                 t.status.len(),
                 t.capacity.len(),
+                t.periods.len(),
             )
         };
         named(self) == named(other)

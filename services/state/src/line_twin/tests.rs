@@ -209,6 +209,61 @@ fn late_records_are_decided_by_the_partition_alone_and_change_nothing() {
 }
 
 #[test]
+fn a_correction_replaces_the_period_it_corrects() {
+    let mut corrected = scripted();
+    let t0 = JAN1 + 8 * H;
+    // Minute 45 sent again with other counts, then on another SKU and
+    // stopped: each version replaces the one before in every window.
+    let v2 = prod("L1", "A", t0 + 45 * MIN, 1, LineState::Running, 12, 8);
+    assert_eq!(corrected.apply(0, &v2), Applied::Applied);
+    let v3 = prod("L1", "B", t0 + 45 * MIN, 1, LineState::Fault, 0, 0);
+    assert_eq!(corrected.apply(0, &v3), Applied::Applied);
+    // The same as if minute 45 had only ever been v3.
+    let mut direct = LineTwin::new(params());
+    direct.apply(2, &cap("L1", None, 25.0));
+    direct.apply(1, &plan("P1", "L1", "A", 10.0));
+    for m in 0..50 {
+        let (good, reject) = if m % 5 == 0 { (15, 5) } else { (20, 0) };
+        let r = if m == 45 {
+            prod("L1", "B", t0 + 45 * MIN, 1, LineState::Fault, 0, 0)
+        } else {
+            prod("L1", "A", t0 + m * MIN, 1, LineState::Running, good, reject)
+        };
+        direct.apply(0, &r);
+    }
+    direct.apply(
+        0,
+        &prod("L1", "A", t0 + 50 * MIN, 10, LineState::Fault, 0, 0),
+    );
+    let [_, w_corrected, oee_corrected, plan_corrected] = corrected.to_batches().unwrap();
+    let [_, w_direct, oee_direct, plan_direct] = direct.to_batches().unwrap();
+    assert_eq!(table(&w_corrected, |_| true), table(&w_direct, |_| true));
+    assert_eq!(
+        table(&oee_corrected, |_| true),
+        table(&oee_direct, |_| true)
+    );
+    assert_eq!(
+        table(&plan_corrected, |_| true),
+        table(&plan_direct, |_| true)
+    );
+    // A checkpoint carries what the periods added, so a correction after
+    // a restart still replaces.
+    let named: Vec<(String, RecordBatch)> = corrected
+        .save()
+        .unwrap()
+        .into_iter()
+        .map(|(n, b)| (n.to_owned(), b))
+        .collect();
+    let mut restored = LineTwin::restore(params(), &named).unwrap();
+    assert!(restored.same_state(&corrected));
+    let v4 = prod("L1", "A", t0 + 45 * MIN, 1, LineState::Running, 15, 5);
+    assert_eq!(restored.apply(0, &v4), Applied::Applied);
+    let [_, w_after, _, _] = restored.to_batches().unwrap();
+    let [_, w_scripted, _, _] = scripted().to_batches().unwrap();
+    assert_eq!(table(&w_after, |_| true), table(&w_scripted, |_| true));
+}
+
+#[test]
 fn windows_become_final_and_are_forgotten_after_their_retention() {
     let mut t = scripted();
     let far = JAN1 + 4 * H + 3 * 24 * H;
