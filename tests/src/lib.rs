@@ -24,7 +24,11 @@ pub struct Record {
     pub partition: i32,
     /// Offset in the partition.
     pub offset: i64,
-    /// Value bytes.
+    /// Key bytes.
+    pub key: Vec<u8>,
+    /// Value bytes; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Value bytes (empty for a tombstone).
     pub payload: Vec<u8>,
 }
 
@@ -178,6 +182,8 @@ pub fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
                 out.push(Record {
                     partition: m.partition(),
                     offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 });
                 last = Instant::now();

@@ -15,6 +15,7 @@ use marktwin_board::{BoardState, router};
 use marktwin_core::Config;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
+use marktwin_core::topics::id as topic_id;
 use marktwin_edge::EdgeMetrics;
 use marktwin_edge::folder::FolderSource;
 use marktwin_edge::fusion::Fusion;
@@ -31,7 +32,8 @@ use marktwin_edge::spool::{Spool, SpoolConfig};
 use marktwin_kafka::{DeadLetterSink, EmbeddedBroker, ensure_topics, producer};
 use marktwin_state::SnapshotTable;
 use marktwin_state::checkpoint::CheckpointStore;
-use marktwin_worker::{Operator, PosOperator, Runner, Shared, TwinOperator, WorkerMetrics};
+use marktwin_worker::view::ViewMetrics;
+use marktwin_worker::{Operator, PosOperator, Runner, Shared, TwinOperator, View, WorkerMetrics};
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
@@ -315,24 +317,37 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         let shared = Shared {
             metrics: WorkerMetrics::register(&registry)?,
             dead_letters: d,
-            late: DeadLetterSink::late(&cfg, p, &registry)?,
+            late: DeadLetterSink::late(&cfg, p.clone(), &registry)?,
+            producer: p,
             readiness: readiness.clone(),
             store: CheckpointStore::open(&cfg.worker.checkpoint.url, &cfg.data_dir)
                 .map_err(|e| Error::Config(format!("worker.checkpoint.url: {e}")))?,
         };
-        let pos = PosOperator::new(&cfg);
         let twin = TwinOperator::new(&cfg);
+        // The twin's tables come back through its topic, over all workers.
+        let view = View::new(
+            &cfg,
+            &bootstrap,
+            twin.output().unwrap_or(topic_id::TWIN),
+            twin.tables(),
+            readiness.clone(),
+            ViewMetrics::register(&registry)?,
+        );
+        let pos = Runner::new(&cfg, &bootstrap, PosOperator::new(&cfg), shared.clone());
         let mut all = pos.tables();
-        all.extend(twin.tables());
+        all.extend(view.tables());
         tables = Some(all);
-        workers.push(spawn_runner(
-            Runner::new(&cfg, &bootstrap, pos, shared.clone()),
-            &worker_stop,
-        ));
+        workers.push(spawn_runner(pos, &worker_stop));
         workers.push(spawn_runner(
             Runner::new(&cfg, &bootstrap, twin, shared),
             &worker_stop,
         ));
+        let stop = worker_stop.clone();
+        workers.push(tokio::task::spawn_blocking(move || {
+            if let Err(e) = view.run(stop) {
+                error!(error = %e, "The view stopped with an error.");
+            }
+        }));
     }
 
     let listener = bind(http_listen).await?;

@@ -395,9 +395,16 @@ pub struct DeadLetter {
 pub struct StateChange {
     /// The table the row belongs to, e.g. `twin_line_oee`.
     pub table: String,
-    /// The row's primary key values joined with `/`.
+    /// The row's primary key values joined with `/` (a `/` or `%` inside a
+    /// value is written `%2F` or `%25`).
     pub key: String,
-    /// The row, column name to value.
+    /// The worker operator that keeps the table, e.g. `twin`.
+    pub operator: String,
+    /// The input partition whose state holds the row.
+    pub partition: i32,
+    /// The row, column name to value, as Arrow's JSON writer writes it
+    /// (timestamps as RFC 3339 text, dates as `YYYY-MM-DD`; null columns
+    /// left out).
     pub row: serde_json::Map<String, serde_json::Value>,
     /// When the worker published it, ms since epoch.
     pub published_at_ms: i64,

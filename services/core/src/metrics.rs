@@ -51,8 +51,19 @@ pub const WORKER_OFFSET: &str = "marktwin_worker_offset";
 /// Consumer lag from our own processed offsets, clamped at zero, labels
 /// `topic`, `partition`.
 pub const WORKER_LAG_RECORDS: &str = "marktwin_worker_lag_records";
-/// Rows per state table, label `table`.
+/// Rows per state table held by this worker's partitions, label `table`.
 pub const STATE_ROWS: &str = "marktwin_state_rows";
+/// Change records the view read, label `topic`.
+pub const VIEW_RECORDS_IN_TOTAL: &str = "marktwin_view_records_in_total";
+/// Rows per materialised table of the view (all partitions), label `table`.
+pub const VIEW_ROWS: &str = "marktwin_view_rows";
+/// Records of the output topic the view has yet to read, labels `topic`,
+/// `partition`; clamped at 0.
+pub const VIEW_LAG_RECORDS: &str = "marktwin_view_lag_records";
+/// Rebuilding a view table from its rows, label `table`.
+pub const VIEW_BUILD_DURATION_SECONDS: &str = "marktwin_view_build_duration_seconds";
+/// Change records the view could not read, label `reason`.
+pub const VIEW_REJECTED_TOTAL: &str = "marktwin_view_rejected_total";
 /// Time to publish a state snapshot, label `table`.
 pub const STATE_PUBLISH_DURATION_SECONDS: &str = "marktwin_state_publish_duration_seconds";
 /// Time to decode and apply one batch, label `topic`.

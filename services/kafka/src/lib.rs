@@ -3,7 +3,8 @@
 //! - [`client_config`]: librdkafka settings from [`marktwin_core::Config`]
 //!   (bootstrap servers plus the `[kafka.client]` pass-through);
 //! - [`ensure_topics`]: creates the declared topics that are missing;
-//! - [`producer`], [`produce_all`]: acknowledged, idempotent produce;
+//! - [`producer`], [`produce_all`], [`produce_keyed`]: acknowledged, idempotent
+//!   produce (the latter with tombstones and delivery positions);
 //! - [`DeadLetterSink`]: rejected records with their reason, counted;
 //! - [`EmbeddedBroker`]: runs a Tansu broker as a child process for
 //!   `marktwin up` and the tests, and stops it on drop.
@@ -18,7 +19,7 @@ pub mod topics;
 
 pub use broker::EmbeddedBroker;
 pub use error::{Error, Result};
-pub use produce::{DeadLetterSink, produce_all, producer};
+pub use produce::{DeadLetterSink, produce_all, produce_keyed, producer};
 pub use topics::ensure_topics;
 
 use marktwin_core::Config;

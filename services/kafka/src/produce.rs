@@ -39,34 +39,72 @@ pub async fn produce_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     topic: &str,
     records: &[(K, V)],
 ) -> Result<usize> {
-    let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(records.len());
-    let mut i = 0;
-    while i < records.len() {
-        let (k, v) = &records[i];
-        let rec = FutureRecord::to(topic).key(k.as_ref()).payload(v.as_ref());
-        match producer.send_result(rec) {
-            Ok(f) => {
-                pending.push(f);
-                i += 1;
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                await_all(topic, std::mem::take(&mut pending)).await?;
-                if pending.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            Err((e, _)) => return Err(Error::Kafka(e)),
-        }
-    }
-    await_all(topic, pending).await?;
+    send_all(
+        producer,
+        topic,
+        records.iter().map(|(k, v)| (k.as_ref(), Some(v.as_ref()))),
+    )
+    .await?;
     Ok(records.len())
 }
 
-async fn await_all(topic: &str, pending: Vec<DeliveryFuture>) -> Result<()> {
+/// Like [`produce_all`], where a record without a value is a tombstone (a
+/// compacted topic then forgets the key). Returns where each record was
+/// stored, `(partition, offset)`, in input order.
+pub async fn produce_keyed<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(K, Option<V>)],
+) -> Result<Vec<(i32, i64)>> {
+    send_all(
+        producer,
+        topic,
+        records
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref().map(AsRef::as_ref))),
+    )
+    .await
+}
+
+async fn send_all<'a>(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Result<Vec<(i32, i64)>> {
+    let mut stored = Vec::new();
+    let mut pending: Vec<DeliveryFuture> = Vec::new();
+    for (k, v) in records {
+        loop {
+            let mut rec = FutureRecord::<[u8], [u8]>::to(topic).key(k);
+            if let Some(v) = v {
+                rec = rec.payload(v);
+            }
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    let waited = !pending.is_empty();
+                    stored.extend(await_all(topic, std::mem::take(&mut pending)).await?);
+                    if !waited {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Err((e, _)) => return Err(Error::Kafka(e)),
+            }
+        }
+    }
+    stored.extend(await_all(topic, pending).await?);
+    Ok(stored)
+}
+
+async fn await_all(topic: &str, pending: Vec<DeliveryFuture>) -> Result<Vec<(i32, i64)>> {
     let mut first_err = None;
+    let mut stored = Vec::with_capacity(pending.len());
     for f in pending {
         match f.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(d)) => stored.push((d.partition, d.offset)),
             Ok(Err((e, _))) => {
                 first_err.get_or_insert(e);
             }
@@ -76,7 +114,7 @@ async fn await_all(topic: &str, pending: Vec<DeliveryFuture>) -> Result<()> {
         }
     }
     match first_err {
-        None => Ok(()),
+        None => Ok(stored),
         Some(e) => {
             warn!(topic, error = %e, "Delivery failed.");
             Err(Error::Kafka(e))

@@ -37,6 +37,11 @@ use crate::error::{Error, Result};
 pub struct Checkpoint {
     /// Next offset to read per input topic (full broker name).
     pub offsets: BTreeMap<String, i64>,
+    /// Next offset per partition of the operator's output topic: every
+    /// change of this state published before the checkpoint lies below it.
+    /// A restored worker reads the output from here to learn what its
+    /// killed predecessor published after the checkpoint.
+    pub published: BTreeMap<i32, i64>,
     /// The state tables, by name.
     pub tables: Vec<(String, RecordBatch)>,
     /// When it was taken, ms since the epoch.
@@ -57,6 +62,8 @@ struct Manifest {
     previous: Option<String>,
     created_ms: i64,
     offsets: BTreeMap<String, i64>,
+    #[serde(default)]
+    published: BTreeMap<i32, i64>,
     tables: Vec<String>,
 }
 
@@ -148,6 +155,7 @@ impl CheckpointStore {
             previous: previous.as_ref().map(|m| m.id.clone()),
             created_ms: cp.created_ms,
             offsets: cp.offsets.clone(),
+            published: cp.published.clone(),
             tables: cp.tables.iter().map(|(n, _)| n.clone()).collect(),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Manifest {
@@ -205,6 +213,7 @@ impl CheckpointStore {
         }
         Ok(Some(Checkpoint {
             offsets: m.offsets,
+            published: m.published,
             tables,
             created_ms: m.created_ms,
         }))
@@ -240,6 +249,7 @@ mod tests {
     fn cp(n: i64) -> Checkpoint {
         Checkpoint {
             offsets: BTreeMap::from([("t".to_owned(), n)]),
+            published: BTreeMap::from([(2, n * 10)]),
             tables: vec![("x".into(), batch(n))],
             created_ms: n,
         }
@@ -256,6 +266,7 @@ mod tests {
         }
         let got = store.load("op", 0).await.unwrap().unwrap();
         assert_eq!(got.offsets["t"], 4);
+        assert_eq!(got.published[&2], 40);
         assert_eq!(got.tables[0].1, batch(4));
         assert_eq!(got.rows(), 2);
         // Only this checkpoint and the one before it are left.

@@ -18,6 +18,8 @@ use crate::record::Cols;
 
 /// Name of the table in SQL.
 pub const TABLE: &str = "pos_daily_sales";
+/// The columns that identify a row of [`TABLE`].
+pub const KEY: &[&str] = &["day", "store_code", "sku_code"];
 
 /// Rows per published batch: large enough to scan fast (single-row batches
 /// were measured ~9x slower), small enough to stream.

@@ -625,6 +625,15 @@ impl LineTwin {
     /// Names of the published tables.
     pub const TABLES: [&'static str; 4] = [STATUS_TABLE, WINDOWS_TABLE, OEE_TABLE, PLAN_TABLE];
 
+    /// The columns that identify a row of each table, in [`Self::TABLES`]
+    /// order.
+    pub const KEYS: [&'static [&'static str]; 4] = [
+        &["line_id"],
+        &["line_id", "sku_code", "window", "window_start"],
+        &["line_id", "window", "window_start"],
+        &["line_id", "sku_code", "day"],
+    ];
+
     /// Schemas of the published tables, in [`Self::TABLES`] order.
     pub fn schemas() -> [SchemaRef; 4] {
         [

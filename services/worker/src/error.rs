@@ -12,6 +12,22 @@ pub enum Error {
     /// The input topics cannot be processed together.
     #[error("{0}")]
     Partitions(String),
+    /// A table's rows could not be written as JSON: a bug.
+    #[error("encoding the rows of table `{table}`: {source}")]
+    Encode {
+        /// The table.
+        table: &'static str,
+        /// The cause.
+        source: datafusion::arrow::error::ArrowError,
+    },
+    /// A table names a key column it does not have: a bug.
+    #[error("table `{table}` has no key column `{column}`")]
+    KeyColumn {
+        /// The table.
+        table: &'static str,
+        /// The column.
+        column: &'static str,
+    },
 }
 
 impl Error {
@@ -20,7 +36,7 @@ impl Error {
         match self {
             Error::Kafka(_) => true,
             Error::State(e) => e.is_retryable(),
-            Error::Partitions(_) => false,
+            Error::Partitions(_) | Error::Encode { .. } | Error::KeyColumn { .. } => false,
         }
     }
 }

@@ -2,45 +2,57 @@
 //!
 //! A [`Runner`] runs one [`Operator`] (POS daily sales, the production
 //! twin) over a static share of its input partitions, applies each record
-//! once, publishes the state to the operator's query tables on a short tick
-//! and checkpoints it with its input offsets on a longer one. Records it
-//! cannot apply go to the dead-letter topic, late ones to the late topic,
-//! with the reason, before the batch counts as done.
+//! once, publishes the state on a short tick and checkpoints it with its
+//! input offsets on a longer one. Records it cannot apply go to the
+//! dead-letter topic, late ones to the late topic, with the reason, before
+//! the batch counts as done.
+//!
+//! An operator's tables are published either to tables in this process or,
+//! for a global view over all workers, as changed rows to a compacted topic
+//! ([`changes`]) that a [`view::View`] in every process materialises.
 //!
 //! Processing runs on one blocking thread per operator: it is CPU work
 //! (decode, hash, add) and batches of thousands keep the per-record overhead
 //! low.
 
+pub mod changes;
 pub mod error;
 pub mod operator;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::events::DeadLetter;
 use marktwin_core::health::Readiness;
 use marktwin_core::metrics as m;
 use marktwin_core::{Config, now_ms};
-use marktwin_kafka::DeadLetterSink;
-use marktwin_state::Applied;
+use marktwin_kafka::{DeadLetterSink, produce_keyed};
 use marktwin_state::checkpoint::{Checkpoint, CheckpointStore};
+use marktwin_state::{Applied, SnapshotTable};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
+pub use changes::TableDef;
+use changes::{Sent, Wire, table_of};
 pub use error::{Error, Result};
 pub use operator::{Operator, PartitionState, PosOperator, TwinOperator};
+pub use view::View;
 
 /// The worker's metrics.
 #[derive(Clone)]
 pub struct WorkerMetrics {
     records_in: IntCounterVec,
+    records_out: IntCounterVec,
     offset: IntGaugeVec,
     lag: IntGaugeVec,
     rows: IntGaugeVec,
@@ -58,6 +70,13 @@ impl WorkerMetrics {
         let records_in = IntCounterVec::new(
             Opts::new(m::WORKER_RECORDS_IN_TOTAL, "Records consumed."),
             &["topic", "partition"],
+        )?;
+        let records_out = IntCounterVec::new(
+            Opts::new(
+                m::WORKER_RECORDS_OUT_TOTAL,
+                "Change records (rows and tombstones) stored on output topics.",
+            ),
+            &["topic"],
         )?;
         let offset = IntGaugeVec::new(
             Opts::new(m::WORKER_OFFSET, "Next offset to process."),
@@ -117,6 +136,7 @@ impl WorkerMetrics {
             &["operator"],
         )?;
         registry.register(Box::new(records_in.clone()))?;
+        registry.register(Box::new(records_out.clone()))?;
         for g in [&offset, &lag, &rows, &checkpoint_bytes] {
             registry.register(Box::new(g.clone()))?;
         }
@@ -126,6 +146,7 @@ impl WorkerMetrics {
         registry.register(Box::new(watermark_lag.clone()))?;
         Ok(WorkerMetrics {
             records_in,
+            records_out,
             offset,
             lag,
             rows,
@@ -150,6 +171,26 @@ struct Part<S> {
     state: S,
     next: Vec<Option<i64>>,
     last_record: Instant,
+    /// What the output topic holds of this partition's rows.
+    sent: Sent,
+    /// Where the output topic must be read from to complete `sent`: the
+    /// checkpoint's published offsets; `None` for the beginning.
+    resume: Option<BTreeMap<i32, i64>>,
+}
+
+/// Where an operator's tables go.
+enum Publish {
+    /// Tables in this process, over the partitions it owns.
+    Local(Vec<Arc<SnapshotTable>>),
+    /// Changed rows to a compacted topic.
+    Topic {
+        topic: String,
+        producer: FutureProducer,
+        defs: Vec<TableDef>,
+        /// Next offset per topic partition below which every change this
+        /// runner's partitions sent is stored.
+        published: BTreeMap<i32, i64>,
+    },
 }
 
 /// Runs one [`Operator`] over a static share of its input partitions
@@ -160,9 +201,22 @@ struct Part<S> {
 /// Each record is applied once: a record below the partition's next offset
 /// is a replay and skipped. Records the state refuses go to the dead-letter
 /// topic, late ones to the late topic, both before the batch counts as
-/// done. State is published to the operator's tables on a short tick and
-/// checkpointed with its offsets on a longer one; a restarted worker loads
-/// the checkpoints, seeks to their offsets and replays the rest.
+/// done. State is published on a short tick and checkpointed with its
+/// offsets on a longer one; a restarted worker loads the checkpoints, seeks
+/// to their offsets and replays the rest.
+///
+/// # Publishing to a topic, exactly
+///
+/// With [`Operator::output`] set, each publish sends the rows that are new
+/// or changed since the last one and a tombstone for each row that left,
+/// and waits for the broker's acknowledgement. A checkpoint is written only
+/// right after such a publish, so what the topic holds of a partition's
+/// rows is then exactly the checkpointed state's rows; the checkpoint also
+/// keeps the topic's end offsets. A restarted worker seeds its record of
+/// what was sent from the restored rows, then reads the topic from those
+/// offsets to its end, taking in what a killed predecessor sent after the
+/// checkpoint. Its next publish then brings the topic to its own state,
+/// tombstoning rows the predecessor sent that the replay does not make.
 pub struct Runner<O: Operator> {
     cfg: Config,
     bootstrap: String,
@@ -174,6 +228,7 @@ pub struct Runner<O: Operator> {
     readiness: Readiness,
     store: CheckpointStore,
     parts: BTreeMap<i32, Part<O::State>>,
+    publish: Publish,
 }
 
 /// Sinks and registries a [`Runner`] shares with the rest of the process.
@@ -189,6 +244,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// Where checkpoints go.
     pub store: CheckpointStore,
+    /// Producer for output topics.
+    pub producer: FutureProducer,
 }
 
 impl<O: Operator> Runner<O> {
@@ -200,6 +257,20 @@ impl<O: Operator> Runner<O> {
             false,
             "starting: loading checkpoints and reading the input partitions to their end",
         );
+        let publish = match op.output() {
+            Some(topic) => Publish::Topic {
+                topic: cfg.topic_name(topic),
+                producer: shared.producer,
+                defs: op.tables(),
+                published: BTreeMap::new(),
+            },
+            None => Publish::Local(
+                op.tables()
+                    .into_iter()
+                    .map(|d| Arc::new(SnapshotTable::new(d.name, d.schema)))
+                    .collect(),
+            ),
+        };
         Runner {
             topics: op.inputs().iter().map(|t| cfg.topic_name(t)).collect(),
             cfg: cfg.clone(),
@@ -211,6 +282,16 @@ impl<O: Operator> Runner<O> {
             readiness: shared.readiness,
             store: shared.store,
             parts: BTreeMap::new(),
+            publish,
+        }
+    }
+
+    /// The tables this runner publishes in this process; none when its
+    /// operator publishes to a topic (see [`view::View`]).
+    pub fn tables(&self) -> Vec<Arc<SnapshotTable>> {
+        match &self.publish {
+            Publish::Local(t) => t.clone(),
+            Publish::Topic { .. } => Vec::new(),
         }
     }
 
@@ -235,21 +316,11 @@ impl<O: Operator> Runner<O> {
         );
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while !stop.load(Ordering::Relaxed) {
-            let mut counts = Vec::new();
-            for topic in &self.topics {
-                match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-                    Ok(md) => counts.push(
-                        md.topics()
-                            .iter()
-                            .find(|t| t.name() == topic && t.error().is_none())
-                            .map_or(0, |t| t.partitions().len() as i32),
-                    ),
-                    Err(e) => {
-                        warn!(topic, error = %e, "Metadata request failed; retrying.");
-                        counts.push(0);
-                    }
-                }
-            }
+            let counts: Vec<i32> = self
+                .topics
+                .iter()
+                .map(|t| partition_count(consumer, t))
+                .collect();
             if counts.iter().all(|c| *c > 0) {
                 if counts.iter().any(|c| *c != counts[0]) {
                     let listed: Vec<String> = self
@@ -286,7 +357,7 @@ impl<O: Operator> Runner<O> {
                 Err(e) => return Err(e.into()),
             }
         };
-        let (state, next) = match cp {
+        let (state, next, resume) = match cp {
             Some(cp) => {
                 info!(
                     operator = self.op.name(),
@@ -300,16 +371,24 @@ impl<O: Operator> Runner<O> {
                     .iter()
                     .map(|t| cp.offsets.get(t).copied())
                     .collect();
-                (self.op.restore(&cp.tables)?, next)
+                (self.op.restore(&cp.tables)?, next, Some(cp.published))
             }
-            None => (self.op.empty(), vec![None; self.topics.len()]),
+            None => (self.op.empty(), vec![None; self.topics.len()], None),
         };
+        let mut sent = Sent::default();
+        if let (Publish::Topic { defs, .. }, Some(_)) = (&self.publish, &resume) {
+            // The checkpoint was written right after a publish that stored
+            // exactly these rows.
+            sent.seed(defs, &state.tables()?)?;
+        }
         self.parts.insert(
             p,
             Part {
                 state,
                 next,
                 last_record: Instant::now(),
+                sent,
+                resume,
             },
         );
         Ok(())
@@ -328,6 +407,7 @@ impl<O: Operator> Runner<O> {
         for &p in &parts {
             self.load(&rt, p, &stop)?;
         }
+        self.read_published(&stop)?;
         let mut tpl = TopicPartitionList::new();
         for (p, part) in &self.parts {
             for (topic, next) in self.topics.iter().zip(&part.next) {
@@ -358,7 +438,9 @@ impl<O: Operator> Runner<O> {
         let max_batch = w.max_batch;
         let (mut last_publish, mut last_checkpoint) = (Instant::now(), Instant::now());
         let mut last_progress = Instant::now();
-        let mut dirty = false;
+        // Publish at once: a restored worker's record of what was sent may
+        // hold rows its state no longer has.
+        let mut dirty = true;
         let mut rejects: Vec<DeadLetter> = Vec::new();
         let mut lates: Vec<DeadLetter> = Vec::new();
         let mut counts: BTreeMap<(usize, i32), u64> = BTreeMap::new();
@@ -423,14 +505,9 @@ impl<O: Operator> Runner<O> {
                 }
             }
             let stored = flush(&rt, &self.dead_letters, &mut rejects, &stop)
-                & flush(&rt, &self.late, &mut lates, &stop);
+                && flush(&rt, &self.late, &mut lates, &stop);
             if !stored {
-                // Stopping with records unsent: no checkpoint may cover
-                // their offsets, so they are read again on restart.
-                info!(
-                    operator = name,
-                    "Worker stopped without a final checkpoint."
-                );
+                stopped_unsent(name);
                 return Ok(());
             }
             if n > 0 {
@@ -450,20 +527,25 @@ impl<O: Operator> Runner<O> {
                         .inc_by(c);
                 }
             }
-            if dirty && last_publish.elapsed() >= publish_every {
-                self.publish()?;
+            let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
+            let catch_up =
+                !caught_up && std::mem::take(&mut saw_eof) && self.read_to_end(&consumer);
+            // A checkpoint follows a publish of everything it holds; the
+            // end of the catch-up is published at once, so ready implies
+            // queryable.
+            if dirty && (last_publish.elapsed() >= publish_every || checkpoint_due || catch_up) {
+                if !self.publish(&rt, &stop)? {
+                    stopped_unsent(name);
+                    return Ok(());
+                }
                 dirty = false;
                 last_publish = Instant::now();
             }
-            if last_checkpoint.elapsed() >= checkpoint_every {
+            if checkpoint_due {
                 self.checkpoint(&rt);
                 last_checkpoint = Instant::now();
             }
-            if !caught_up && std::mem::take(&mut saw_eof) && self.read_to_end(&consumer) {
-                // Publish what the catch-up built at once, so ready implies
-                // queryable.
-                self.publish()?;
-                dirty = false;
+            if catch_up {
                 caught_up = true;
                 self.report_ready();
                 info!(operator = name, applied = self.applied(), took = ?started.elapsed(), "Worker caught up.");
@@ -477,9 +559,110 @@ impl<O: Operator> Runner<O> {
                 last_progress = Instant::now();
             }
         }
-        self.publish()?;
+        if dirty && !self.publish(&rt, &stop)? {
+            stopped_unsent(name);
+            return Ok(());
+        }
         self.checkpoint(&rt);
         info!(operator = name, applied = self.applied(), "Worker stopped.");
+        Ok(())
+    }
+
+    /// Completes each partition's record of what the output topic holds
+    /// (seeded from its checkpoint) with what was sent after the
+    /// checkpoint: reads the topic from the lowest checkpointed offset (the
+    /// beginning for a partition without one) to its end.
+    fn read_published(&mut self, stop: &AtomicBool) -> Result<()> {
+        if !matches!(self.publish, Publish::Topic { .. }) {
+            return Ok(());
+        }
+        let consumer = self.consumer()?;
+        let name = self.op.name();
+        let Publish::Topic {
+            topic,
+            defs,
+            published,
+            ..
+        } = &mut self.publish
+        else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let Some(n) = wait_for_partitions(&consumer, topic, stop) else {
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for q in 0..n {
+            let from = self
+                .parts
+                .values()
+                .map(|p| {
+                    p.resume
+                        .as_ref()
+                        .and_then(|r| r.get(&q))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .min()
+                .unwrap_or(0);
+            let (_, high) = watermarks(&consumer, topic, q, stop)?;
+            published.insert(q, from);
+            if high > from {
+                ends.insert(q, high);
+                tpl.add_partition_offset(topic, q, Offset::Offset(from))?;
+            }
+        }
+        let mut read = 0u64;
+        if !ends.is_empty() {
+            consumer.assign(&tpl)?;
+        }
+        while !ends.is_empty() && !stop.load(Ordering::Relaxed) {
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(e) => {
+                    warn!(topic = topic.as_str(), error = %e, "Reading the output topic failed; retrying.");
+                    continue;
+                }
+            };
+            read += 1;
+            let (q, off) = (msg.partition(), msg.offset());
+            published.insert(q, off + 1);
+            if ends.get(&q).is_some_and(|end| off + 1 >= *end) {
+                ends.remove(&q);
+            }
+            let key = msg.key().unwrap_or_default();
+            if !table_of(key).is_some_and(|t| defs.iter().any(|d| d.name == t)) {
+                continue;
+            }
+            let key = String::from_utf8_lossy(key);
+            match msg.payload() {
+                None => {
+                    for part in self.parts.values_mut() {
+                        part.sent.set(&key, None);
+                    }
+                }
+                Some(v) => match serde_json::from_slice::<Wire>(v) {
+                    Ok(w) if w.operator == name => {
+                        if let Some(part) = self.parts.get_mut(&w.partition) {
+                            part.sent.set(&key, Some(w.row.get()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(topic = topic.as_str(), partition = q, offset = off, error = %e, "Skipping an output record that is not a state change.")
+                    }
+                },
+            }
+        }
+        for part in self.parts.values_mut() {
+            part.resume = None;
+        }
+        info!(operator = name, topic = topic.as_str(), records = read, took = ?started.elapsed(), "Read what was published after the checkpoints.");
         Ok(())
     }
 
@@ -501,34 +684,95 @@ impl<O: Operator> Runner<O> {
         self.parts.values().map(|p| p.state.applied()).sum()
     }
 
-    fn publish(&mut self) -> Result<()> {
+    /// Evicts what retention no longer keeps and publishes every owned
+    /// partition's tables. False when stopping with changes unsent: no
+    /// checkpoint may follow then.
+    fn publish(&mut self, rt: &tokio::runtime::Handle, stop: &AtomicBool) -> Result<bool> {
         let t = Instant::now();
+        let name = self.op.name();
         for part in self.parts.values_mut() {
             part.state.evict();
         }
-        self.op.publish(self.parts.values().map(|p| &p.state))?;
+        let defs = self.op.tables();
+        let mut rows = vec![0usize; defs.len()];
+        match &mut self.publish {
+            Publish::Local(tables) => {
+                let mut per_table: Vec<Vec<RecordBatch>> = vec![Vec::new(); tables.len()];
+                for part in self.parts.values() {
+                    for (i, batches) in part.state.tables()?.into_iter().enumerate() {
+                        rows[i] += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+                        per_table[i].extend(batches);
+                    }
+                }
+                for (table, batches) in tables.iter().zip(per_table) {
+                    table.publish(batches);
+                }
+            }
+            Publish::Topic {
+                topic,
+                producer,
+                defs,
+                published,
+            } => {
+                let now = now_ms();
+                let mut records = Vec::new();
+                let mut diffs = Vec::new();
+                for (p, part) in &self.parts {
+                    let tables = part.state.tables()?;
+                    for (i, batches) in tables.iter().enumerate() {
+                        rows[i] += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+                    }
+                    let mut diff = part.sent.diff(name, *p, now, defs, &tables)?;
+                    records.append(&mut diff.records);
+                    diffs.push((*p, diff));
+                }
+                if !records.is_empty() {
+                    let Some(stored) =
+                        deliver(rt, stop, topic, || produce_keyed(producer, topic, &records))
+                    else {
+                        return Ok(false);
+                    };
+                    for (q, off) in stored {
+                        let next = published.entry(q).or_insert(0);
+                        *next = (*next).max(off + 1);
+                    }
+                    self.metrics
+                        .records_out
+                        .with_label_values(&[topic.as_str()])
+                        .inc_by(records.len() as u64);
+                    for (p, diff) in diffs {
+                        if let Some(part) = self.parts.get_mut(&p) {
+                            part.sent.apply(diff);
+                        }
+                    }
+                }
+            }
+        }
         let took = t.elapsed().as_secs_f64();
-        for table in self.op.tables() {
+        for (def, n) in defs.iter().zip(rows) {
             self.metrics
                 .publish
-                .with_label_values(&[table.name()])
+                .with_label_values(&[def.name])
                 .observe(took);
             self.metrics
                 .rows
-                .with_label_values(&[table.name()])
-                .set(table.rows() as i64);
+                .with_label_values(&[def.name])
+                .set(n as i64);
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Checkpoints every owned partition. A failure is logged and retried
-    /// at the next tick: the state is still in memory and the previous
-    /// checkpoint stays valid.
+    /// Checkpoints every owned partition; call right after a publish. A
+    /// failure is logged and retried at the next tick: the state is still
+    /// in memory and the previous checkpoint stays valid.
     fn checkpoint(&mut self, rt: &tokio::runtime::Handle) {
         let name = self.op.name();
         let t = Instant::now();
-        for (p, part) in self.parts.iter_mut() {
-            part.state.evict();
+        let published = match &self.publish {
+            Publish::Topic { published, .. } => published.clone(),
+            Publish::Local(_) => BTreeMap::new(),
+        };
+        for (p, part) in self.parts.iter() {
             let tables = match part.state.save() {
                 Ok(t) => t,
                 Err(e) => {
@@ -543,6 +787,7 @@ impl<O: Operator> Runner<O> {
                     .zip(&part.next)
                     .filter_map(|(t, n)| n.map(|n| (t.clone(), n)))
                     .collect(),
+                published: published.clone(),
                 tables: tables.into_iter().map(|(n, b)| (n.to_owned(), b)).collect(),
                 created_ms: now_ms(),
             };
@@ -629,21 +874,98 @@ fn flush(
     if letters.is_empty() {
         return true;
     }
+    let stored = deliver(rt, stop, sink.topic(), || sink.send(letters)).is_some();
+    if stored {
+        letters.clear();
+    }
+    stored
+}
+
+/// Runs `send` until it succeeds, retrying with backoff until `stop`;
+/// `None` if stopped first.
+fn deliver<T, F, Fut>(
+    rt: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+    topic: &str,
+    mut send: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = marktwin_kafka::Result<T>>,
+{
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match rt.block_on(sink.send(letters)) {
-            Ok(()) => {
-                letters.clear();
-                return true;
-            }
+        match rt.block_on(send()) {
+            Ok(v) => return Some(v),
             Err(e) if !stop.load(Ordering::Relaxed) => {
-                warn!(topic = sink.topic(), error = %e, count = letters.len(), "Produce failed; retrying.");
+                warn!(topic, error = %e, "Produce failed; retrying.");
                 std::thread::sleep(backoff.next_delay());
             }
             Err(e) => {
-                warn!(topic = sink.topic(), error = %e, count = letters.len(), "Stopping with records unsent; they are re-read on restart.");
-                return false;
+                warn!(topic, error = %e, "Stopping with records unsent; they are made again on restart.");
+                return None;
             }
+        }
+    }
+}
+
+/// Logs a stop without a final checkpoint, so unsent records are made
+/// again on restart.
+fn stopped_unsent(operator: &str) {
+    info!(operator, "Worker stopped without a final checkpoint.");
+}
+
+/// Partitions of `topic`, 0 while the broker does not know it.
+pub(crate) fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        Ok(md) => md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32),
+        Err(e) => {
+            warn!(topic, error = %e, "Metadata request failed; retrying.");
+            0
+        }
+    }
+}
+
+/// Partitions of `topic`, waiting until the broker knows it; `None` if
+/// stopped first.
+pub(crate) fn wait_for_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    stop: &AtomicBool,
+) -> Option<i32> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while !stop.load(Ordering::Relaxed) {
+        let n = partition_count(consumer, topic);
+        if n > 0 {
+            return Some(n);
+        }
+        warn!(topic, "Topic has no partitions yet; waiting.");
+        std::thread::sleep(backoff.next_delay());
+    }
+    None
+}
+
+/// The low and high watermarks of `topic`'s partition `q`, retried while
+/// the broker does not answer.
+pub(crate) fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    q: i32,
+    stop: &AtomicBool,
+) -> Result<(i64, i64)> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match consumer.fetch_watermarks(topic, q, Duration::from_secs(5)) {
+            Ok(w) => return Ok(w),
+            Err(e) if !stop.load(Ordering::Relaxed) => {
+                warn!(topic, partition = q, error = %e, "Asking for the watermarks failed; retrying.");
+                std::thread::sleep(backoff.next_delay());
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -2,21 +2,23 @@
 //!
 //! An [`Operator`] names its input topics (all partitioned by the same key,
 //! so partition `p` of each belongs together), makes and restores the
-//! state of one partition number, and turns the states it owns into its
-//! query tables. The [`crate::Runner`] does the rest: reading, offsets,
-//! dead letters, late events, publishing and checkpoints.
+//! state of one partition number, and names its query tables with their
+//! key columns; each partition's state renders its rows of them. The
+//! [`crate::Runner`] does the rest: reading, offsets, dead letters, late
+//! events, publishing (to tables in this process or as changes to a
+//! compacted topic) and checkpoints.
 
 use std::sync::Arc;
 
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::Config;
 use marktwin_core::config::UnitsConfig;
 use marktwin_core::topics::id;
 use marktwin_state::daily_sales::{self, DailySales};
 use marktwin_state::line_twin::{self, TwinParams};
-use marktwin_state::{Applied, LineTwin, PosState, SnapshotTable};
+use marktwin_state::{Applied, LineTwin, PosState};
 
+use crate::changes::TableDef;
 use crate::error::Result;
 
 /// The state of one partition number of an operator's inputs.
@@ -25,6 +27,9 @@ pub trait PartitionState: Send + 'static {
     fn apply(&mut self, input: usize, value: &[u8]) -> Applied;
     /// The state as checkpoint tables.
     fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>>;
+    /// This partition's rows of the operator's query tables, in the order
+    /// of [`Operator::tables`].
+    fn tables(&self) -> Result<Vec<Vec<RecordBatch>>>;
     /// Records applied since the state began.
     fn applied(&self) -> u64;
     /// Rows held, for the state-size metric.
@@ -49,10 +54,14 @@ pub trait Operator: Send + 'static {
     fn empty(&self) -> Self::State;
     /// State from checkpoint tables.
     fn restore(&self, tables: &[(String, RecordBatch)]) -> Result<Self::State>;
-    /// The query tables this operator publishes.
-    fn tables(&self) -> Vec<Arc<SnapshotTable>>;
-    /// Publishes the states to the tables.
-    fn publish<'a>(&self, states: impl Iterator<Item = &'a Self::State>) -> Result<()>;
+    /// The query tables this operator keeps.
+    fn tables(&self) -> Vec<TableDef>;
+    /// The topic id its table changes go to, for a global view over all
+    /// workers ([`crate::view::View`]); `None` keeps the tables in this
+    /// process, covering only the partitions it owns.
+    fn output(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// POS lines into daily sales.
@@ -60,7 +69,6 @@ pub struct PosOperator {
     units: UnitsConfig,
     utc_offset_minutes: i32,
     dedup_window: usize,
-    table: Arc<SnapshotTable>,
 }
 
 impl PosOperator {
@@ -70,7 +78,6 @@ impl PosOperator {
             units: cfg.units.clone(),
             utc_offset_minutes: cfg.worker.utc_offset_minutes,
             dedup_window: cfg.worker.dedup_window,
-            table: Arc::new(SnapshotTable::new(daily_sales::TABLE, DailySales::schema())),
         }
     }
 }
@@ -81,6 +88,9 @@ impl PartitionState for PosState {
     }
     fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
         Ok(PosState::save(self)?)
+    }
+    fn tables(&self) -> Result<Vec<Vec<RecordBatch>>> {
+        Ok(vec![self.sales().to_batches()?])
     }
     fn applied(&self) -> u64 {
         PosState::applied(self)
@@ -113,36 +123,25 @@ impl Operator for PosOperator {
             tables,
         )?)
     }
-    fn tables(&self) -> Vec<Arc<SnapshotTable>> {
-        vec![self.table.clone()]
-    }
-    fn publish<'a>(&self, states: impl Iterator<Item = &'a PosState>) -> Result<()> {
-        let mut batches = Vec::new();
-        for s in states {
-            batches.extend(s.sales().to_batches()?);
-        }
-        self.table.publish(batches);
-        Ok(())
+    fn tables(&self) -> Vec<TableDef> {
+        vec![TableDef {
+            name: daily_sales::TABLE,
+            schema: DailySales::schema(),
+            key: daily_sales::KEY,
+        }]
     }
 }
 
 /// Production records, plans and capacities into the line twin.
 pub struct TwinOperator {
     params: Arc<TwinParams>,
-    tables: Vec<Arc<SnapshotTable>>,
 }
 
 impl TwinOperator {
     /// The operator for `cfg`.
     pub fn new(cfg: &Config) -> Self {
-        let tables = LineTwin::TABLES
-            .iter()
-            .zip(LineTwin::schemas())
-            .map(|(name, schema)| Arc::new(SnapshotTable::new(name, schema)))
-            .collect();
         TwinOperator {
             params: Arc::new(TwinParams::from_config(cfg)),
-            tables,
         }
     }
 }
@@ -153,6 +152,9 @@ impl PartitionState for LineTwin {
     }
     fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
         Ok(LineTwin::save(self)?)
+    }
+    fn tables(&self) -> Result<Vec<Vec<RecordBatch>>> {
+        Ok(self.to_batches()?.into_iter().map(|b| vec![b]).collect())
     }
     fn applied(&self) -> u64 {
         LineTwin::applied(self)
@@ -182,26 +184,15 @@ impl Operator for TwinOperator {
     fn restore(&self, tables: &[(String, RecordBatch)]) -> Result<LineTwin> {
         Ok(LineTwin::restore(self.params.clone(), tables)?)
     }
-    fn tables(&self) -> Vec<Arc<SnapshotTable>> {
-        self.tables.clone()
+    fn tables(&self) -> Vec<TableDef> {
+        LineTwin::TABLES
+            .iter()
+            .zip(LineTwin::schemas())
+            .zip(LineTwin::KEYS)
+            .map(|((name, schema), key)| TableDef { name, schema, key })
+            .collect()
     }
-    fn publish<'a>(&self, states: impl Iterator<Item = &'a LineTwin>) -> Result<()> {
-        let mut per_table: [Vec<RecordBatch>; 4] = Default::default();
-        for s in states {
-            for (i, b) in s.to_batches()?.into_iter().enumerate() {
-                per_table[i].push(b);
-            }
-        }
-        for (table, batches) in self.tables.iter().zip(per_table) {
-            // One batch per table: partitions hold few rows each.
-            let one = concat_batches(table.schema_ref(), &batches).map_err(|source| {
-                marktwin_state::Error::Build {
-                    table: table.name(),
-                    source,
-                }
-            })?;
-            table.publish(vec![one]);
-        }
-        Ok(())
+    fn output(&self) -> Option<&'static str> {
+        Some(id::TWIN)
     }
 }
