@@ -284,6 +284,128 @@ fn workload(seed: u64, t0: i64) -> Vec<Out> {
     outs
 }
 
+/// Warehouse of line `l`'s output, and the stock region and `stock`
+/// partition of each warehouse: four warehouses, three regions.
+fn warehouse_of(l: usize) -> String {
+    format!("WH{}", l % 4 + 1)
+}
+const REGIONS: [(&str, &str, i32); 4] = [
+    ("WH1", "east", 0),
+    ("WH2", "west", 1),
+    ("WH3", "south", 2),
+    ("WH4", "east", 0),
+];
+
+fn stock_out<P: marktwin_core::events::Payload>(warehouse: &str, p: P) -> Out {
+    let (_, region, partition) = REGIONS.iter().find(|r| r.0 == warehouse).unwrap();
+    Out {
+        topic: "stock",
+        partition: *partition,
+        key: (*region).to_owned(),
+        value: serde_json::to_vec(&Envelope::wrap("wms-test", 0, p)).unwrap(),
+    }
+}
+
+/// The `stock` topic as the edge writes it, merged into `outs` in time
+/// order: every valid production record again (each line delivers to
+/// its warehouse), hourly counts per warehouse and SKU (5 % sent twice,
+/// 5 % held back up to three hours, so older than a newer count), and
+/// allocation orders per day (3 % corrected later, 3 % sent twice).
+fn with_stock(outs: Vec<Out>, seed: u64, t0: i64, minutes: usize) -> Vec<Out> {
+    let mut rng = Rng(seed);
+    let end = t0 + minutes as i64 * MINUTE;
+    // (position among `outs`, record): inserted before `outs[position]`.
+    let mut extra: Vec<(usize, Out)> = Vec::new();
+    let at = |t: i64| ((t - t0).max(0) as f64 / (end - t0) as f64 * outs.len() as f64) as usize;
+    for (i, o) in outs.iter().enumerate() {
+        if o.topic != "production" {
+            continue;
+        }
+        if let Ok(e) = codec::decode_any::<Envelope<ProductionRecord>>(&o.value)
+            && e.payload.period_end_ms >= e.payload.period_start_ms
+        {
+            let l: usize = e.payload.line_id[5..].parse::<usize>().unwrap() - 1;
+            extra.push((i + 1, stock_out(&warehouse_of(l), e.payload)));
+        }
+    }
+    let skus = ["SKU0001", "SKU0002", "SKU0003", "SKU0004"];
+    let mut h = t0 - t0 % 3_600_000;
+    while h < end {
+        for (w, _, _) in REGIONS {
+            for sku in skus {
+                let t = h + rng.below(600) as i64 * 1000;
+                let (quantity, unit) = if rng.below(10) == 0 {
+                    (rng.below(20_000) as f64, Unit::Pack)
+                } else {
+                    (500.0 + rng.below(1000) as f64, Unit::Carton)
+                };
+                let count = |q: f64| marktwin_core::events::InventorySnapshot {
+                    warehouse_id: w.into(),
+                    sku_code: sku.into(),
+                    quantity: q,
+                    unit,
+                    as_of_ms: t,
+                };
+                let r = rng.below(100);
+                let delay = if r < 5 {
+                    rng.below(3 * 3_600_000) as i64
+                } else {
+                    0
+                };
+                extra.push((at(t + delay), stock_out(w, count(quantity))));
+                if r >= 95 {
+                    extra.push((at(t + 60_000), stock_out(w, count(quantity))));
+                }
+            }
+        }
+        h += 3_600_000;
+    }
+    let mut day = t0 - t0 % DAY - 3 * DAY;
+    let mut n = 0;
+    while day < end {
+        for (w, _, _) in REGIONS {
+            for sku in skus {
+                for _ in 0..3 {
+                    n += 1;
+                    let to_id = format!("R{:04}", rng.below(50));
+                    let q = 20.0 + rng.below(400) as f64;
+                    let t = day + rng.below(DAY as u64) as i64;
+                    let order = |q: f64| marktwin_core::events::AllocationOrder {
+                        order_id: format!("SO{n:06}"),
+                        line_no: 1,
+                        from_id: w.into(),
+                        to_id: to_id.clone(),
+                        sku_code: sku.into(),
+                        quantity: q,
+                        unit: Unit::Carton,
+                        unit_price: 250.0,
+                        order_date: date(day),
+                    };
+
+                    extra.push((at(t), stock_out(w, order(q))));
+                    match rng.below(100) {
+                        0..3 => extra.push((at(t + 2 * 3_600_000), stock_out(w, order(q / 2.0)))),
+                        3..6 => extra.push((at(t + 60_000), stock_out(w, order(q)))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        day += DAY;
+    }
+    extra.sort_by_key(|(i, _)| *i);
+    let mut merged = Vec::with_capacity(outs.len() + extra.len());
+    let mut extra = extra.into_iter().peekable();
+    for (i, o) in outs.into_iter().enumerate() {
+        while let Some((_, e)) = extra.next_if(|(at, _)| *at <= i) {
+            merged.push(e);
+        }
+        merged.push(o);
+    }
+    merged.extend(extra.map(|(_, e)| e));
+    merged
+}
+
 async fn produce(producer: &FutureProducer, cfg: &Config, chunk: &[Out]) {
     let futures: Vec<_> = chunk
         .iter()
@@ -333,12 +455,15 @@ fn spawn_child(config_path: &std::path::Path) -> Child {
         .expect("worker process")
 }
 
-/// Next offsets per input topic in the newest checkpoints, summed over
-/// partitions.
+/// Next offsets per input topic in the newest checkpoints of both twins,
+/// summed over partitions.
 async fn checkpointed(store: &CheckpointStore) -> BTreeMap<String, i64> {
     let mut sum = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        if let Ok(Some(cp)) = store.load("twin", p).await {
+    for (op, p) in ["twin", "inventory"]
+        .into_iter()
+        .flat_map(|op| (0..PARTITIONS).map(move |p| (op, p)))
+    {
+        if let Ok(Some(cp)) = store.load(op, p).await {
             for (t, o) in cp.offsets {
                 *sum.entry(t).or_default() += o;
             }
@@ -360,6 +485,16 @@ async fn twin_is_exact_after_repeated_sigkill() {
     cfg.worker.utc_offset_minutes = 480;
     cfg.worker.publish_interval_ms = 200;
     cfg.worker.checkpoint.interval_ms = 250;
+    for (w, region, _) in REGIONS {
+        cfg.inventory.regions.insert(w.into(), region.into());
+    }
+    for l in 0..LINES {
+        cfg.inventory
+            .line_warehouses
+            .insert(line_id(l), warehouse_of(l));
+    }
+    cfg.inventory.cover_min_days = 1.0;
+    cfg.inventory.cover_max_days = 2.0;
     cfg.validate().unwrap();
     marktwin_kafka::topics::ensure_topics(&cfg, &cfg.kafka.brokers)
         .await
@@ -368,7 +503,7 @@ async fn twin_is_exact_after_repeated_sigkill() {
 
     // 02:00 local time, four days ago.
     let t0 = (marktwin_core::now_ms() / DAY - 4) * DAY - 6 * 3_600_000;
-    let outs = workload(7, t0);
+    let outs = with_stock(workload(7, t0), 11, t0, 60 * 60);
     let producer: FutureProducer = marktwin_kafka::client_config(&cfg, &cfg.kafka.brokers)
         .create()
         .unwrap();
@@ -415,7 +550,7 @@ async fn twin_is_exact_after_repeated_sigkill() {
     eprintln!("final checkpoint {covered:?}");
 
     // The batch truth, from the topics as the broker holds them.
-    let topics = ["production", "production_plan", "line_capacity"];
+    let topics = ["production", "production_plan", "line_capacity", "stock"];
     let mut input: HashMap<&str, Vec<Record>> = HashMap::new();
     for t in topics {
         let (b, name) = (cfg.kafka.brokers.clone(), cfg.topic_name(t));
@@ -448,6 +583,13 @@ async fn twin_is_exact_after_repeated_sigkill() {
         "the last worker restored a checkpoint: it read {replayed} of {total} records"
     );
 
+    // The inventory twin's tables come through their views too.
+    let inventory_rows = truth.tables["twin_inventory"].len();
+    wait_until(&running, || async {
+        let v = sql(&running, "SELECT COUNT(*) AS n FROM twin_inventory").await;
+        v[0]["n"].as_u64().unwrap_or(0) as usize == inventory_rows
+    })
+    .await;
     for (table, query, key_cols) in TABLES {
         let got = sql(&running, query).await;
         let want = &truth.tables[table];
@@ -455,23 +597,25 @@ async fn twin_is_exact_after_repeated_sigkill() {
         eprintln!("{table}: {} rows equal the batch", want.len());
     }
 
-    // The tables above came through the compacted `twin` topic (the view);
-    // a subscriber that keeps the last record per key sees the same rows.
-    // Retention and corrections removed rows, so tombstones were sent.
-    let (b, name) = (cfg.kafka.brokers.clone(), cfg.topic_name("twin"));
-    let changes = tokio::task::spawn_blocking(move || read_topic(&b, &name, 1))
-        .await
-        .unwrap();
+    // The tables above came through the compacted `twin` and `alerts`
+    // topics (the views); a subscriber that keeps the last record per key
+    // sees the same rows. Retention and corrections removed rows, so
+    // tombstones were sent.
     let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-    for r in &changes {
-        latest.insert(r.key.clone(), r.value.clone());
+    let mut tombstones = 0;
+    let mut records = 0;
+    for topic in ["twin", "alerts"] {
+        let (b, name) = (cfg.kafka.brokers.clone(), cfg.topic_name(topic));
+        let changes = tokio::task::spawn_blocking(move || read_topic(&b, &name, 1))
+            .await
+            .unwrap();
+        for r in &changes {
+            latest.insert(r.key.clone(), r.value.clone());
+        }
+        tombstones += changes.iter().filter(|r| r.value.is_none()).count();
+        records += changes.len();
     }
-    let tombstones = changes.iter().filter(|r| r.value.is_none()).count();
-    assert!(
-        tombstones > 0,
-        "no tombstones among {} changes",
-        changes.len()
-    );
+    assert!(tombstones > 0, "no tombstones among {records} changes");
     for (table, _, _) in TABLES {
         let live = latest
             .iter()
@@ -480,12 +624,11 @@ async fn twin_is_exact_after_repeated_sigkill() {
         assert_eq!(
             live,
             truth.tables[table].len(),
-            "{table}: live keys on the topic"
+            "{table}: live keys on the topics"
         );
     }
     eprintln!(
-        "twin topic: {} change records, {tombstones} tombstones, {} live keys",
-        changes.len(),
+        "twin and alerts topics: {records} change records, {tombstones} tombstones, {} live keys",
         latest.values().filter(|v| v.is_some()).count()
     );
 
@@ -539,7 +682,7 @@ where
 }
 
 /// The compared tables: name, the worker's query, the key columns.
-const TABLES: [(&str, &str, &[&str]); 4] = [
+const TABLES: [(&str, &str, &[&str]); 7] = [
     (
         "twin_line_status",
         "SELECT line_id, state, CAST(state_since AS BIGINT) AS state_since, sku_code, \
@@ -568,6 +711,24 @@ const TABLES: [(&str, &str, &[&str]); 4] = [
         "SELECT line_id, sku_code, CAST(day AS VARCHAR) AS day, planned, good, total, unit, \
          attainment, rated_per_minute, utilisation FROM twin_plan_actual",
         &["line_id", "sku_code", "day"],
+    ),
+    (
+        "twin_inventory",
+        "SELECT warehouse_id, sku_code, region, on_hand, counted, \
+         CAST(counted_at AS BIGINT) AS counted_at, moved_in, moved_out, unit FROM twin_inventory",
+        &["warehouse_id", "sku_code"],
+    ),
+    (
+        "twin_stock_cover",
+        "SELECT region, sku_code, on_hand, demand_per_day, cover_days, status, unit \
+         FROM twin_stock_cover",
+        &["region", "sku_code"],
+    ),
+    (
+        "twin_stock_alerts",
+        "SELECT region, sku_code, alert, cover_days, bound_days, on_hand, demand_per_day, unit \
+         FROM twin_stock_alerts",
+        &["region", "sku_code"],
     ),
 ];
 
@@ -1059,6 +1220,9 @@ impl Truth {
         tables.insert("twin_line_windows", windows);
         tables.insert("twin_line_oee", oee);
         tables.insert("twin_plan_actual", plan_actual);
+        for (name, t) in inventory_truth(cfg, &input["stock"]).await {
+            tables.insert(name, t);
+        }
         Truth {
             tables,
             applied_production,
@@ -1066,4 +1230,182 @@ impl Truth {
             bad,
         }
     }
+}
+
+/// The inventory twin recomputed in batch from the `stock` topic: the
+/// newest count per warehouse and SKU (at equal times the later record),
+/// the last version of each order and production period, the movements
+/// after the count, and demand over the `demand_days` complete days before
+/// the day of each partition's newest event.
+async fn inventory_truth(cfg: &Config, stock: &[Record]) -> Vec<(&'static str, Vec<Value>)> {
+    use marktwin_core::events::{AllocationOrder, EventKind, InventorySnapshot};
+    let inv = &cfg.inventory;
+    let to_report = |q: f64, u: Unit| cfg.units.to_report(q, u);
+    // (part, off, kind, warehouse, sku, t, qty, natural key, order day, event time)
+    type Row = (
+        i32,
+        i64,
+        &'static str,
+        String,
+        String,
+        i64,
+        f64,
+        String,
+        Option<i64>,
+        i64,
+    );
+    let mut rows_in: Vec<Row> = Vec::new();
+    for rec in stock {
+        let env: Envelope<Value> = codec::decode_any(&rec.payload).unwrap();
+        let (p, o, et) = (rec.partition, rec.offset, env.event_time_ms);
+        match env.kind {
+            EventKind::InventorySnapshot => {
+                let c: InventorySnapshot = serde_json::from_value(env.payload).unwrap();
+                rows_in.push((
+                    p,
+                    o,
+                    "count",
+                    c.warehouse_id,
+                    c.sku_code,
+                    c.as_of_ms,
+                    to_report(c.quantity, c.unit),
+                    String::new(),
+                    None,
+                    et,
+                ));
+            }
+            EventKind::AllocationOrder => {
+                let a: AllocationOrder = serde_json::from_value(env.payload).unwrap();
+                let d = i64::from(days(a.order_date));
+                rows_in.push((
+                    p,
+                    o,
+                    "move",
+                    a.from_id,
+                    a.sku_code,
+                    d * DAY,
+                    -to_report(a.quantity, a.unit),
+                    format!("o/{}/{}", a.order_id, a.line_no),
+                    Some(d),
+                    et,
+                ));
+            }
+            EventKind::ProductionRecord => {
+                let r: ProductionRecord = serde_json::from_value(env.payload).unwrap();
+                rows_in.push((
+                    p,
+                    o,
+                    "move",
+                    inv.line_warehouses[&r.line_id].clone(),
+                    r.sku_code,
+                    r.period_end_ms,
+                    to_report(r.good_count as f64, r.unit),
+                    format!("p/{}/{}", r.line_id, r.period_start_ms),
+                    None,
+                    et,
+                ));
+            }
+            k => panic!("{k:?} on the stock topic"),
+        }
+    }
+    let ctx = SessionContext::new();
+    ctx.register_batch(
+        "stock",
+        batch(vec![
+            ("part", i32s(rows_in.iter().map(|r| r.0))),
+            ("off", i64s(rows_in.iter().map(|r| r.1))),
+            ("kind", strs(rows_in.iter().map(|r| r.2))),
+            ("warehouse", strs(rows_in.iter().map(|r| r.3.as_str()))),
+            ("sku", strs(rows_in.iter().map(|r| r.4.as_str()))),
+            ("t", i64s(rows_in.iter().map(|r| r.5))),
+            ("qty", f64s(rows_in.iter().map(|r| r.6))),
+            ("nkey", strs(rows_in.iter().map(|r| r.7.as_str()))),
+            (
+                "order_day",
+                Arc::new(Int64Array::from_iter(rows_in.iter().map(|r| r.8))) as ArrayRef,
+            ),
+            ("event_time", i64s(rows_in.iter().map(|r| r.9))),
+        ]),
+    )
+    .unwrap();
+    let whs: BTreeSet<&str> = rows_in.iter().map(|r| r.3.as_str()).collect();
+    ctx.register_batch(
+        "wh",
+        batch(vec![
+            ("warehouse", strs(whs.iter())),
+            ("region", strs(whs.iter().map(|w| inv.region_of(w)))),
+        ]),
+    )
+    .unwrap();
+    let unit = cfg.units.report_in.as_str();
+    let (n, lo, hi) = (inv.demand_days, inv.cover_min_days, inv.cover_max_days);
+    for q in [
+        "CREATE VIEW c AS SELECT warehouse, sku, t, qty FROM (SELECT *, ROW_NUMBER() OVER \
+           (PARTITION BY warehouse, sku ORDER BY t DESC, off DESC) AS rn FROM stock \
+           WHERE kind = 'count') WHERE rn = 1",
+        "CREATE VIEW m AS SELECT part, warehouse, sku, t, qty, order_day FROM (SELECT *, \
+           ROW_NUMBER() OVER (PARTITION BY part, nkey ORDER BY off DESC) AS rn FROM stock \
+           WHERE kind = 'move') WHERE rn = 1",
+        "CREATE VIEW mv AS SELECT m.warehouse, m.sku, \
+           SUM(CASE WHEN m.qty >= 0 THEN m.qty ELSE 0.0 END) AS moved_in, \
+           SUM(CASE WHEN m.qty < 0 THEN -m.qty ELSE 0.0 END) AS moved_out \
+           FROM m LEFT JOIN c ON c.warehouse = m.warehouse AND c.sku = m.sku \
+           WHERE c.t IS NULL OR m.t > c.t GROUP BY m.warehouse, m.sku",
+        &format!(
+            "CREATE VIEW inventory AS SELECT COALESCE(c.warehouse, mv.warehouse) AS warehouse_id, \
+               COALESCE(c.sku, mv.sku) AS sku_code, wh.region, \
+               COALESCE(c.qty, 0.0) + COALESCE(mv.moved_in, 0.0) - COALESCE(mv.moved_out, 0.0) AS on_hand, \
+               c.qty AS counted, c.t AS counted_at, COALESCE(mv.moved_in, 0.0) AS moved_in, \
+               COALESCE(mv.moved_out, 0.0) AS moved_out, '{unit}' AS unit \
+             FROM c FULL OUTER JOIN mv ON c.warehouse = mv.warehouse AND c.sku = mv.sku \
+             JOIN wh ON wh.warehouse = COALESCE(c.warehouse, mv.warehouse)"
+        ),
+        &format!(
+            "CREATE VIEW cover AS WITH \
+               today AS (SELECT part, MAX(event_time) / {DAY} AS today FROM stock GROUP BY part), \
+               dem AS (SELECT wh.region, m.sku, SUM(-m.qty) / {n}.0 AS demand FROM m \
+                 JOIN today d ON d.part = m.part JOIN wh ON wh.warehouse = m.warehouse \
+                 WHERE m.order_day >= d.today - {n} AND m.order_day < d.today \
+                 GROUP BY wh.region, m.sku), \
+               oh AS (SELECT region, sku_code AS sku, SUM(on_hand) AS on_hand FROM inventory \
+                 GROUP BY region, sku_code), \
+               cv AS (SELECT COALESCE(oh.region, dem.region) AS region, \
+                 COALESCE(oh.sku, dem.sku) AS sku, COALESCE(oh.on_hand, 0.0) AS on_hand, \
+                 COALESCE(dem.demand, 0.0) AS demand \
+                 FROM oh FULL OUTER JOIN dem ON oh.region = dem.region AND oh.sku = dem.sku) \
+             SELECT region, sku AS sku_code, on_hand, demand AS demand_per_day, \
+               CASE WHEN demand > 0 THEN on_hand / demand END AS cover_days, \
+               CASE WHEN demand <= 0 THEN 'unknown' WHEN on_hand / demand < {lo:?} THEN 'cover_low' \
+                 WHEN on_hand / demand > {hi:?} THEN 'cover_high' ELSE 'ok' END AS status, \
+               '{unit}' AS unit FROM cv"
+        ),
+    ] {
+        ctx.sql(q).await.unwrap();
+    }
+    let inventory = rows(&ctx, "SELECT * FROM inventory").await;
+    let cover = rows(&ctx, "SELECT * FROM cover").await;
+    let alerts = rows(
+        &ctx,
+        &format!(
+            "SELECT region, sku_code, status AS alert, cover_days, \
+               CASE WHEN status = 'cover_low' THEN {lo:?} ELSE {hi:?} END AS bound_days, \
+               on_hand, demand_per_day, unit FROM cover WHERE status IN ('cover_low', 'cover_high')"
+        ),
+    )
+    .await;
+    let statuses: BTreeMap<String, usize> = cover.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r["status"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        m
+    });
+    eprintln!(
+        "inventory batch: {} stock records, {} positions, cover statuses {statuses:?}",
+        stock.len(),
+        inventory.len()
+    );
+    vec![
+        ("twin_inventory", inventory),
+        ("twin_stock_cover", cover),
+        ("twin_stock_alerts", alerts),
+    ]
 }

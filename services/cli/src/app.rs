@@ -6,6 +6,7 @@
 //! with health, readiness, metrics and SQL. [`Running::shutdown`] stops them
 //! in reverse order. `marktwin up` and the integration tests share this code.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,6 @@ use marktwin_board::{BoardState, router};
 use marktwin_core::Config;
 use marktwin_core::backoff::Backoff;
 use marktwin_core::health::Readiness;
-use marktwin_core::topics::id as topic_id;
 use marktwin_edge::EdgeMetrics;
 use marktwin_edge::folder::FolderSource;
 use marktwin_edge::fusion::Fusion;
@@ -33,7 +33,10 @@ use marktwin_kafka::{DeadLetterSink, EmbeddedBroker, ensure_topics, producer};
 use marktwin_state::SnapshotTable;
 use marktwin_state::checkpoint::CheckpointStore;
 use marktwin_worker::view::ViewMetrics;
-use marktwin_worker::{Operator, PosOperator, Runner, Shared, TwinOperator, View, WorkerMetrics};
+use marktwin_worker::{
+    InventoryOperator, Operator, PosOperator, Runner, Shared, TableDef, TwinOperator, View,
+    WorkerMetrics,
+};
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
@@ -134,6 +137,8 @@ fn free_addr(addr: &str) -> Result<SocketAddr, Error> {
 /// Starts `parts` with `cfg`; the HTTP listener binds `http_listen`.
 pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<Running, Error> {
     std::fs::create_dir_all(&cfg.data_dir)?;
+    // Every process (edge and workers alike) must route stock the same way.
+    sim::inventory_defaults(&mut cfg);
     let readiness = Readiness::default();
     let registry = Registry::new();
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -324,30 +329,52 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
                 .map_err(|e| Error::Config(format!("worker.checkpoint.url: {e}")))?,
         };
         let twin = TwinOperator::new(&cfg);
-        // The twin's tables come back through its topic, over all workers.
-        let view = View::new(
-            &cfg,
-            &bootstrap,
-            twin.output().unwrap_or(topic_id::TWIN),
-            twin.tables(),
-            readiness.clone(),
-            ViewMetrics::register(&registry)?,
-        );
+        let inventory = InventoryOperator::new(&cfg);
+        // The twins' tables come back through their topics, over all
+        // workers: one view per output topic.
+        let mut by_topic: BTreeMap<&'static str, Vec<TableDef>> = BTreeMap::new();
+        for def in twin.tables().into_iter().chain(inventory.tables()) {
+            if let Some(topic) = def.topic {
+                by_topic.entry(topic).or_default().push(def);
+            }
+        }
+        let view_metrics = ViewMetrics::register(&registry)?;
+        let views: Vec<View> = by_topic
+            .into_iter()
+            .map(|(topic, defs)| {
+                View::new(
+                    &cfg,
+                    &bootstrap,
+                    topic,
+                    defs,
+                    readiness.clone(),
+                    view_metrics.clone(),
+                )
+            })
+            .collect();
         let pos = Runner::new(&cfg, &bootstrap, PosOperator::new(&cfg), shared.clone());
         let mut all = pos.tables();
-        all.extend(view.tables());
+        for v in &views {
+            all.extend(v.tables());
+        }
         tables = Some(all);
         workers.push(spawn_runner(pos, &worker_stop));
         workers.push(spawn_runner(
-            Runner::new(&cfg, &bootstrap, twin, shared),
+            Runner::new(&cfg, &bootstrap, twin, shared.clone()),
             &worker_stop,
         ));
-        let stop = worker_stop.clone();
-        workers.push(tokio::task::spawn_blocking(move || {
-            if let Err(e) = view.run(stop) {
-                error!(error = %e, "The view stopped with an error.");
-            }
-        }));
+        workers.push(spawn_runner(
+            Runner::new(&cfg, &bootstrap, inventory, shared),
+            &worker_stop,
+        ));
+        for view in views {
+            let stop = worker_stop.clone();
+            workers.push(tokio::task::spawn_blocking(move || {
+                if let Err(e) = view.run(stop) {
+                    error!(error = %e, "The view stopped with an error.");
+                }
+            }));
+        }
     }
 
     let listener = bind(http_listen).await?;

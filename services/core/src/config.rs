@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::events::Unit;
+use crate::events::{EventKind, Unit};
 use crate::topics::{Encoding, TopicSpec, topics};
 
 /// The prefix of environment overrides.
@@ -49,6 +50,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Stream worker.
     pub worker: WorkerConfig,
+    /// The inventory twin: where stock lives and the stock-cover bounds.
+    pub inventory: InventoryConfig,
     /// Board and API.
     pub board: BoardConfig,
 }
@@ -64,6 +67,7 @@ impl Default for Config {
             simulator: SimulatorConfig::default(),
             edge: EdgeConfig::default(),
             worker: WorkerConfig::default(),
+            inventory: InventoryConfig::default(),
             board: BoardConfig::default(),
         }
     }
@@ -495,6 +499,77 @@ impl Default for WorkerConfig {
     }
 }
 
+/// The inventory twin: stock per warehouse and SKU, stock cover per stock
+/// region and SKU. Read by the edge (which writes every stock-moving record
+/// a second time, keyed by stock region, to the `stock` topic) and by the
+/// worker. Changing `regions` or `line_warehouses` moves records to other
+/// partitions: rebuild the inventory twin (remove its checkpoints) after.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// Stock region of each warehouse, e.g. `{ WH01 = "north", WH02 =
+    /// "north" }`. A warehouse not listed is a region of its own.
+    pub regions: BTreeMap<String, String>,
+    /// Warehouse that each line's good output goes into, e.g. `{ "line-1"
+    /// = "WH01" }`. Production of a line not listed moves no stock.
+    pub line_warehouses: BTreeMap<String, String>,
+    /// Sources whose inventory counts are taken (e.g. `["fusion:stock"]`);
+    /// empty takes every source's, the newest count winning.
+    pub count_sources: Vec<String>,
+    /// Complete days of allocation orders that make the trailing daily
+    /// demand.
+    pub demand_days: u32,
+    /// Stock cover below this many days raises a `cover_low` alert.
+    pub cover_min_days: f64,
+    /// Stock cover above this many days raises a `cover_high` alert.
+    pub cover_max_days: f64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            regions: BTreeMap::new(),
+            line_warehouses: BTreeMap::new(),
+            count_sources: Vec::new(),
+            demand_days: 7,
+            cover_min_days: 3.0,
+            cover_max_days: 30.0,
+        }
+    }
+}
+
+impl InventoryConfig {
+    /// The stock region of `warehouse`.
+    pub fn region_of<'a>(&'a self, warehouse: &'a str) -> &'a str {
+        self.regions
+            .get(warehouse)
+            .map_or(warehouse, String::as_str)
+    }
+
+    /// The warehouse whose stock a record moves or counts, if any: an
+    /// inventory count's warehouse, an allocation order's shipping party,
+    /// the warehouse a producing line delivers to. `payload` is the
+    /// record's payload as JSON.
+    pub fn warehouse_of<'a>(&'a self, kind: EventKind, payload: &'a Value) -> Option<&'a str> {
+        let field = |f: &str| payload.get(f).and_then(Value::as_str);
+        match kind {
+            EventKind::InventorySnapshot => field("warehouse_id"),
+            EventKind::AllocationOrder => field("from_id"),
+            EventKind::ProductionRecord => field("line_id")
+                .and_then(|l| self.line_warehouses.get(l))
+                .map(String::as_str),
+            _ => None,
+        }
+    }
+
+    /// The `stock` topic's key for a record: its warehouse's stock region;
+    /// `None` when the record moves no stock.
+    pub fn stock_key(&self, kind: EventKind, payload: &Value) -> Option<String> {
+        self.warehouse_of(kind, payload)
+            .map(|w| self.region_of(w).to_owned())
+    }
+}
+
 /// Board and API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -749,6 +824,33 @@ impl Config {
                         "must be at least out_of_orderness_ms + allowed_lateness_ms + one window ({} ms)",
                         horizon + len
                     ),
+                ));
+            }
+        }
+        let inv = &self.inventory;
+        if !(1..=366).contains(&inv.demand_days) {
+            return Err(bad("inventory.demand_days", "must be between 1 and 366"));
+        }
+        if !(inv.cover_min_days.is_finite() && inv.cover_min_days >= 0.0) {
+            return Err(bad("inventory.cover_min_days", "must be 0 or more days"));
+        }
+        if !(inv.cover_max_days.is_finite() && inv.cover_max_days > inv.cover_min_days) {
+            return Err(bad(
+                "inventory.cover_max_days",
+                format!(
+                    "must be a number of days above inventory.cover_min_days ({})",
+                    inv.cover_min_days
+                ),
+            ));
+        }
+        for (field, map) in [
+            ("inventory.regions", &inv.regions),
+            ("inventory.line_warehouses", &inv.line_warehouses),
+        ] {
+            if let Some((k, _)) = map.iter().find(|(k, v)| k.is_empty() || v.is_empty()) {
+                return Err(bad(
+                    &format!("{field}.{k}"),
+                    "names and values must not be empty",
                 ));
             }
         }

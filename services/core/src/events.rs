@@ -410,6 +410,21 @@ pub struct StateChange {
     pub published_at_ms: i64,
 }
 
+/// A record of the `stock` topic: an inventory count, an allocation order
+/// line or a production record, in its envelope exactly as on its own
+/// topic; only the record key differs (the warehouse's stock region).
+/// Declared for the topic's schema; readers decode by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StockRecord {
+    /// A count of stock on hand.
+    Count(Envelope<InventorySnapshot>),
+    /// Stock going out to a retailer.
+    Order(Envelope<AllocationOrder>),
+    /// Stock coming in from a line.
+    Production(Envelope<ProductionRecord>),
+}
+
 /// What every payload type tells the envelope about itself.
 pub trait Payload: Serialize + DeserializeOwned + JsonSchema + Clone + Send + 'static {
     /// The kind written into the envelope.

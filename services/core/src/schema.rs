@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::events::{
     AllocationOrder, DeadLetter, Envelope, EventKind, InventorySnapshot, LineCapacity,
     PosTransaction, PriceObservation, ProductionPlan, ProductionRecord, Retailer, StateChange,
-    TelemetryReading,
+    StockRecord, TelemetryReading,
 };
 use crate::topics::{id, topics};
 
@@ -49,7 +49,10 @@ pub fn topic_schemas() -> Vec<(String, Value)> {
                 None if t.id == id::DEAD_LETTER || t.id == id::LATE => {
                     schema_of::<DeadLetter>("marktwin.v1 dead letter")
                 }
-                None if t.id == id::TWIN => schema_of::<StateChange>("marktwin.v1 state change"),
+                None if t.id == id::TWIN || t.id == id::ALERTS => {
+                    schema_of::<StateChange>("marktwin.v1 state change")
+                }
+                None if t.id == id::STOCK => schema_of::<StockRecord>("marktwin.v1 stock record"),
                 None => Value::Null,
             };
             (format!("{}.schema.json", t.name), schema)

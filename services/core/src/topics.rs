@@ -90,6 +90,13 @@ pub mod id {
     pub const LATE: &str = "late";
     /// Twin state changes, the latest row per table and key.
     pub const TWIN: &str = "twin";
+    /// Alerts raised and cleared, the latest row per table and key.
+    pub const ALERTS: &str = "alerts";
+    /// Every record that counts or moves stock (inventory counts,
+    /// allocation orders, production), written again by the edge keyed by
+    /// the warehouse's stock region, so the inventory twin finds all of a
+    /// region in one partition.
+    pub const STOCK: &str = "stock";
 }
 
 fn source(id: &'static str, name: &'static str, key: &'static str, kind: EventKind) -> TopicSpec {
@@ -120,6 +127,16 @@ pub fn topics() -> Vec<TopicSpec> {
         key: "source",
         cleanup: Cleanup::Delete,
         retention_ms: 4 * WEEK_MS,
+        encoding: Encoding::Json,
+        kind: None,
+    };
+    let twin = TopicSpec {
+        id: id::TWIN,
+        name: "twin",
+        partitions: 3,
+        key: "table/key",
+        cleanup: Cleanup::Compact,
+        retention_ms: -1,
         encoding: Encoding::Json,
         kind: None,
     };
@@ -163,14 +180,17 @@ pub fn topics() -> Vec<TopicSpec> {
             ..dead_letter
         },
         TopicSpec {
-            id: id::TWIN,
-            name: "twin",
-            partitions: 3,
-            key: "table/key",
-            cleanup: Cleanup::Compact,
-            retention_ms: -1,
-            encoding: Encoding::Json,
+            id: id::STOCK,
+            name: "stock",
+            key: "stock region of the warehouse",
             kind: None,
+            ..source(id::STOCK, "stock", "", K::InventorySnapshot)
+        },
+        twin.clone(),
+        TopicSpec {
+            id: id::ALERTS,
+            name: "alerts",
+            ..twin
         },
     ]
 }

@@ -17,7 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use marktwin_core::codec;
-use marktwin_core::config::UnitsConfig;
+use marktwin_core::config::{InventoryConfig, UnitsConfig};
 use marktwin_core::events::{
     AllocationOrder, DeadLetter, Envelope, EventKind, InventorySnapshot, LineCapacity, Payload,
     PosTransaction, PriceObservation, ProductionPlan, ProductionRecord, Retailer, Unit,
@@ -41,6 +41,9 @@ pub struct Cleaned {
     pub payload: Option<Value>,
     /// Event time, ms.
     pub event_time_ms: i64,
+    /// The `stock` topic's key (the warehouse's stock region) when the
+    /// record counts or moves stock; it goes there too.
+    pub stock_key: Option<String>,
     id: u128,
 }
 
@@ -267,6 +270,7 @@ pub struct Cleaner {
     encoding: Encoding,
     topic: String,
     keep_payload: bool,
+    inventory: InventoryConfig,
     recent: Recent,
 }
 
@@ -314,6 +318,7 @@ impl Cleaner {
             encoding: cfg.topic(id).encoding,
             topic: cfg.topic_name(id),
             keep_payload,
+            inventory: cfg.inventory.clone(),
             recent: Recent {
                 cap: c.dedup_window,
                 ..Recent::default()
@@ -411,7 +416,11 @@ impl Cleaner {
         if let Some(to) = self.cfg.normalise_unit {
             p.normalise(to, &self.units);
         }
-        let json = if self.keep_payload || !self.ranges.is_empty() {
+        let moves_stock = matches!(
+            P::KIND,
+            EventKind::InventorySnapshot | EventKind::AllocationOrder | EventKind::ProductionRecord
+        );
+        let json = if self.keep_payload || moves_stock || !self.ranges.is_empty() {
             Some(serde_json::to_value(&p).map_err(|e| Reject::new("decode", e.to_string()))?)
         } else {
             None
@@ -423,9 +432,13 @@ impl Cleaner {
         let id = u128::from_str_radix(&env.event_id, 16).unwrap_or_default();
         let bytes =
             codec::encode(&env, self.encoding).map_err(|e| Reject::new("decode", e.to_string()))?;
+        let stock_key = json
+            .as_ref()
+            .and_then(|j| self.inventory.stock_key(P::KIND, j));
         Ok(Cleaned {
             key: env.key,
             bytes,
+            stock_key,
             payload: json.filter(|_| self.keep_payload),
             event_time_ms: env.event_time_ms,
             id,

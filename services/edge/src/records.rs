@@ -1,5 +1,7 @@
 //! Where a business source's records go: cleaned, good ones to the kind's
-//! topic, rejects to the dead-letter topic, fused events beside them, all
+//! topic, rejects to the dead-letter topic, fused events beside them, and
+//! the records that count or move stock once more to the `stock` topic,
+//! keyed by stock region ([`marktwin_core::config::InventoryConfig`]); all
 //! in one delivery through the sink (acknowledged or spooled). Shared by
 //! the HTTP pollers and the drop folders.
 
@@ -82,6 +84,8 @@ pub struct RecordsOut {
     dead_letters: DeadLetterSink,
     metrics: EdgeMetrics,
     fuses: bool,
+    inventory: marktwin_core::config::InventoryConfig,
+    stock_topic: String,
     pending: Vec<DeadLetter>,
     read: IntCounter,
     produced: IntCounter,
@@ -110,6 +114,8 @@ impl RecordsOut {
             dead_letters,
             metrics,
             fuses,
+            inventory: cfg.inventory.clone(),
+            stock_topic: cfg.topic_name(marktwin_core::topics::id::STOCK),
             pending: Vec::new(),
         }
     }
@@ -140,6 +146,8 @@ impl RecordsOut {
         let kind = self.cleaner.kind();
         let mut good = Vec::with_capacity(raws.len());
         let mut fused = Vec::new();
+        // Stock-moving records again, keyed by stock region.
+        let mut stock = Vec::new();
         let mut fused_rules = Vec::new();
         let mut letters: Vec<DeadLetter> = std::mem::take(&mut self.pending);
         let pre = letters.len();
@@ -151,6 +159,7 @@ impl RecordsOut {
                         && let Some(p) = &c.payload
                     {
                         for f in self.sink.fuse(&source, kind, p, c.event_time_ms) {
+                            let stock_key = self.inventory.stock_key(kind, &f.payload);
                             match encode_value(
                                 kind,
                                 &f.source,
@@ -159,6 +168,9 @@ impl RecordsOut {
                                 self.cleaner.encoding(),
                             ) {
                                 Ok(r) => {
+                                    if let Some(k) = stock_key {
+                                        stock.push((k, r.1.clone()));
+                                    }
                                     fused.push(r);
                                     fused_rules.push(f.rule);
                                 }
@@ -169,6 +181,9 @@ impl RecordsOut {
                                 ),
                             }
                         }
+                    }
+                    if let Some(k) = c.stock_key {
+                        stock.push((k, c.bytes.clone()));
                     }
                     good.push((c.key, c.bytes));
                 }
@@ -184,6 +199,7 @@ impl RecordsOut {
             .send(&[
                 (topic.as_str(), &good),
                 (topic.as_str(), &fused),
+                (self.stock_topic.as_str(), &stock),
                 (self.dead_letters.topic(), &dead),
             ])
             .await

@@ -37,11 +37,12 @@ use crate::error::{Error, Result};
 pub struct Checkpoint {
     /// Next offset to read per input topic (full broker name).
     pub offsets: BTreeMap<String, i64>,
-    /// Next offset per partition of the operator's output topic: every
-    /// change of this state published before the checkpoint lies below it.
-    /// A restored worker reads the output from here to learn what its
-    /// killed predecessor published after the checkpoint.
-    pub published: BTreeMap<i32, i64>,
+    /// Next offset per partition of each of the operator's output topics
+    /// (full broker name): every change of this state published before the
+    /// checkpoint lies below it. A restored worker reads the outputs from
+    /// here to learn what its killed predecessor published after the
+    /// checkpoint.
+    pub published: BTreeMap<String, BTreeMap<i32, i64>>,
     /// The state tables, by name.
     pub tables: Vec<(String, RecordBatch)>,
     /// When it was taken, ms since the epoch.
@@ -63,7 +64,7 @@ struct Manifest {
     created_ms: i64,
     offsets: BTreeMap<String, i64>,
     #[serde(default)]
-    published: BTreeMap<i32, i64>,
+    published: BTreeMap<String, BTreeMap<i32, i64>>,
     tables: Vec<String>,
 }
 
@@ -249,7 +250,7 @@ mod tests {
     fn cp(n: i64) -> Checkpoint {
         Checkpoint {
             offsets: BTreeMap::from([("t".to_owned(), n)]),
-            published: BTreeMap::from([(2, n * 10)]),
+            published: BTreeMap::from([("out".to_owned(), BTreeMap::from([(2, n * 10)]))]),
             tables: vec![("x".into(), batch(n))],
             created_ms: n,
         }
@@ -266,7 +267,7 @@ mod tests {
         }
         let got = store.load("op", 0).await.unwrap().unwrap();
         assert_eq!(got.offsets["t"], 4);
-        assert_eq!(got.published[&2], 40);
+        assert_eq!(got.published["out"][&2], 40);
         assert_eq!(got.tables[0].1, batch(4));
         assert_eq!(got.rows(), 2);
         // Only this checkpoint and the one before it are left.

@@ -14,6 +14,7 @@
 //! - [`DailySales`]: POS lines aggregated per day, store and SKU;
 //! - [`PosState`]: daily sales plus per-partition offsets and a replay
 //!   window, so each input record is applied exactly once;
+//! - [`LineTwin`], [`Inventory`]: the production and inventory twins;
 //! - [`Interner`]: maps repeated strings (store, SKU codes) to small ids so
 //!   the hot path hashes integers.
 //!
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub mod daily_sales;
 pub mod error;
 pub mod intern;
+pub mod inventory;
 pub mod line_twin;
 pub mod pos_state;
 pub mod record;
@@ -33,6 +35,7 @@ pub mod window;
 pub use daily_sales::DailySales;
 pub use error::{Error, Result};
 pub use intern::Interner;
+pub use inventory::Inventory;
 pub use line_twin::LineTwin;
 pub use pos_state::PosState;
 pub use record::{Applied, RecentIds, Rejected};

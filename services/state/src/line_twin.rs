@@ -52,9 +52,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray,
-    TimestampMillisecondArray, UInt64Array,
+    UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::Config;
 use marktwin_core::config::UnitsConfig;
@@ -63,9 +63,12 @@ use marktwin_core::events::{
 };
 use marktwin_core::topics::id;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::intern::Interner;
-use crate::record::{Applied, Cols, RecentIds, Rejected, ck, decode, parse_id};
+use crate::record::{
+    Applied, Cols, RecentIds, Rejected, build, ck, decode, float64s, int64s, parse_id, strings, ts,
+    ts_field,
+};
 use crate::window::{Calendar, WindowKind};
 
 /// Input topic ids, in the order [`LineTwin::apply`] numbers them.
@@ -459,34 +462,6 @@ fn oee(acc: &WinAcc, ideal_min: Option<f64>) -> [Option<f64>; 4] {
         _ => None,
     };
     [availability, performance, quality, all]
-}
-
-fn ts_field(name: &str, nullable: bool) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        nullable,
-    )
-}
-
-fn ts(v: Vec<i64>) -> ArrayRef {
-    Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC"))
-}
-
-fn strings<'a>(v: impl IntoIterator<Item = &'a str>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(v))
-}
-
-fn int64s(v: impl IntoIterator<Item = i64>) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(v))
-}
-
-fn float64s(v: impl IntoIterator<Item = f64>) -> ArrayRef {
-    Arc::new(Float64Array::from_iter_values(v))
-}
-
-fn build(table: &'static str, schema: &SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch> {
-    RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Build { table, source })
 }
 
 const FACTORS: [&str; 4] = ["availability", "performance", "quality", "oee"];

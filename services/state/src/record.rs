@@ -6,7 +6,10 @@ use std::collections::{HashSet, VecDeque};
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, UInt64Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::codec;
 use marktwin_core::events::{Envelope, EventKind};
@@ -33,6 +36,9 @@ pub enum Applied {
     ReplayedOffset,
     /// Its event id was seen recently (a resend by the edge).
     DuplicateEvent,
+    /// Taken in, but it changes nothing: a fact the state already holds or
+    /// one that a newer fact supersedes (an older inventory count).
+    Unchanged,
     /// It cannot be applied; send it to the dead-letter topic.
     Rejected(Rejected),
     /// It is older than its windows accept; send it to the late topic.
@@ -108,6 +114,44 @@ pub(crate) fn ck(
     RecordBatch::try_from_iter(cols)
         .map(|b| (table, b))
         .map_err(|source| Error::Build { table, source })
+}
+
+/// A timestamp field, ms, UTC.
+pub(crate) fn ts_field(name: &str, nullable: bool) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        nullable,
+    )
+}
+
+pub(crate) fn ts(v: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC"))
+}
+
+/// Nullable timestamps, ms, UTC.
+pub(crate) fn ts_opt(v: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC"))
+}
+
+pub(crate) fn strings<'a>(v: impl IntoIterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(v))
+}
+
+pub(crate) fn int64s(v: impl IntoIterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(v))
+}
+
+pub(crate) fn float64s(v: impl IntoIterator<Item = f64>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter_values(v))
+}
+
+pub(crate) fn build(
+    table: &'static str,
+    schema: &SchemaRef,
+    cols: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Build { table, source })
 }
 
 /// Typed column access for restoring a checkpoint, naming what is wrong.

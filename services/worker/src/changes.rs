@@ -35,6 +35,11 @@ pub struct TableDef {
     pub schema: SchemaRef,
     /// Columns whose values identify a row.
     pub key: &'static [&'static str],
+    /// The topic id its changes go to, for a global view over all workers
+    /// ([`crate::view::View`]); `None` keeps the table in this process,
+    /// covering only the partitions it owns. An operator's tables all go to
+    /// topics or all stay local.
+    pub topic: Option<&'static str>,
 }
 
 /// The fields of a change record that the worker and the view read back;
@@ -258,6 +263,7 @@ mod tests {
                 Field::new("v", DataType::Float64, true),
             ])),
             key: &["k"],
+            topic: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub enum Error {
         /// The column.
         column: &'static str,
     },
+    /// A change record's key names no table of its operator: a bug.
+    #[error("change record `{0}` belongs to no table of its operator")]
+    Unrouted(String),
 }
 
 impl Error {
@@ -36,7 +39,10 @@ impl Error {
         match self {
             Error::Kafka(_) => true,
             Error::State(e) => e.is_retryable(),
-            Error::Partitions(_) | Error::Encode { .. } | Error::KeyColumn { .. } => false,
+            Error::Partitions(_)
+            | Error::Encode { .. }
+            | Error::KeyColumn { .. }
+            | Error::Unrouted(_) => false,
         }
     }
 }

@@ -45,7 +45,7 @@ use tracing::{error, info, warn};
 pub use changes::TableDef;
 use changes::{Sent, Wire, table_of};
 pub use error::{Error, Result};
-pub use operator::{Operator, PartitionState, PosOperator, TwinOperator};
+pub use operator::{InventoryOperator, Operator, PartitionState, PosOperator, TwinOperator};
 pub use view::View;
 
 /// The worker's metrics.
@@ -173,23 +173,26 @@ struct Part<S> {
     last_record: Instant,
     /// What the output topic holds of this partition's rows.
     sent: Sent,
-    /// Where the output topic must be read from to complete `sent`: the
+    /// Where the output topics must be read from to complete `sent`: the
     /// checkpoint's published offsets; `None` for the beginning.
-    resume: Option<BTreeMap<i32, i64>>,
+    resume: Option<Published>,
 }
+
+/// Per output topic (broker name) and partition, the next offset below
+/// which every change this runner's partitions sent is stored.
+type Published = BTreeMap<String, BTreeMap<i32, i64>>;
 
 /// Where an operator's tables go.
 enum Publish {
     /// Tables in this process, over the partitions it owns.
     Local(Vec<Arc<SnapshotTable>>),
-    /// Changed rows to a compacted topic.
+    /// Changed rows to compacted topics.
     Topic {
-        topic: String,
         producer: FutureProducer,
         defs: Vec<TableDef>,
-        /// Next offset per topic partition below which every change this
-        /// runner's partitions sent is stored.
-        published: BTreeMap<i32, i64>,
+        /// The topic (broker name) of each table.
+        topic_of: HashMap<&'static str, String>,
+        published: Published,
     },
 }
 
@@ -207,7 +210,7 @@ enum Publish {
 ///
 /// # Publishing to a topic, exactly
 ///
-/// With [`Operator::output`] set, each publish sends the rows that are new
+/// With the tables' [`TableDef::topic`] set, each publish sends the rows that are new
 /// or changed since the last one and a tombstone for each row that left,
 /// and waits for the broker's acknowledgement. A checkpoint is written only
 /// right after such a publish, so what the topic holds of a partition's
@@ -257,19 +260,25 @@ impl<O: Operator> Runner<O> {
             false,
             "starting: loading checkpoints and reading the input partitions to their end",
         );
-        let publish = match op.output() {
-            Some(topic) => Publish::Topic {
-                topic: cfg.topic_name(topic),
-                producer: shared.producer,
-                defs: op.tables(),
-                published: BTreeMap::new(),
-            },
-            None => Publish::Local(
-                op.tables()
-                    .into_iter()
+        let defs = op.tables();
+        let topic_of: HashMap<&'static str, String> = defs
+            .iter()
+            .filter_map(|d| Some((d.name, cfg.topic_name(d.topic?))))
+            .collect();
+        debug_assert!(topic_of.is_empty() || topic_of.len() == defs.len());
+        let publish = if topic_of.is_empty() {
+            Publish::Local(
+                defs.into_iter()
                     .map(|d| Arc::new(SnapshotTable::new(d.name, d.schema)))
                     .collect(),
-            ),
+            )
+        } else {
+            Publish::Topic {
+                producer: shared.producer,
+                defs,
+                topic_of,
+                published: BTreeMap::new(),
+            }
         };
         Runner {
             topics: op.inputs().iter().map(|t| cfg.topic_name(t)).collect(),
@@ -488,7 +497,9 @@ impl<O: Operator> Runner<O> {
                         };
                         match part.state.apply(input, value) {
                             Applied::Applied => dirty = true,
-                            Applied::ReplayedOffset | Applied::DuplicateEvent => {}
+                            Applied::ReplayedOffset
+                            | Applied::DuplicateEvent
+                            | Applied::Unchanged => {}
                             Applied::Rejected(r) => rejects.push(letter(r)),
                             Applied::Late(r) => lates.push(letter(r)),
                         }
@@ -568,27 +579,41 @@ impl<O: Operator> Runner<O> {
         Ok(())
     }
 
-    /// Completes each partition's record of what the output topic holds
+    /// Completes each partition's record of what the output topics hold
     /// (seeded from its checkpoint) with what was sent after the
-    /// checkpoint: reads the topic from the lowest checkpointed offset (the
-    /// beginning for a partition without one) to its end.
+    /// checkpoint: reads each topic from the lowest checkpointed offset
+    /// (the beginning for a partition without one) to its end.
     fn read_published(&mut self, stop: &AtomicBool) -> Result<()> {
-        if !matches!(self.publish, Publish::Topic { .. }) {
+        let Publish::Topic { topic_of, .. } = &self.publish else {
             return Ok(());
-        }
+        };
+        let topics: std::collections::BTreeSet<String> = topic_of.values().cloned().collect();
         let consumer = self.consumer()?;
+        for topic in topics {
+            self.read_published_from(&consumer, &topic, stop)?;
+        }
+        for part in self.parts.values_mut() {
+            part.resume = None;
+        }
+        Ok(())
+    }
+
+    fn read_published_from(
+        &mut self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        stop: &AtomicBool,
+    ) -> Result<()> {
         let name = self.op.name();
         let Publish::Topic {
-            topic,
-            defs,
-            published,
-            ..
+            defs, published, ..
         } = &mut self.publish
         else {
             return Ok(());
         };
+        let published = published.entry(topic.to_owned()).or_default();
         let started = Instant::now();
-        let Some(n) = wait_for_partitions(&consumer, topic, stop) else {
+        let Some(n) = wait_for_partitions(consumer, topic, stop) else {
             return Ok(());
         };
         let mut tpl = TopicPartitionList::new();
@@ -600,13 +625,14 @@ impl<O: Operator> Runner<O> {
                 .map(|p| {
                     p.resume
                         .as_ref()
+                        .and_then(|r| r.get(topic))
                         .and_then(|r| r.get(&q))
                         .copied()
                         .unwrap_or(0)
                 })
                 .min()
                 .unwrap_or(0);
-            let (_, high) = watermarks(&consumer, topic, q, stop)?;
+            let (_, high) = watermarks(consumer, topic, q, stop)?;
             published.insert(q, from);
             if high > from {
                 ends.insert(q, high);
@@ -625,7 +651,7 @@ impl<O: Operator> Runner<O> {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(_)) => continue,
                 Err(e) => {
-                    warn!(topic = topic.as_str(), error = %e, "Reading the output topic failed; retrying.");
+                    warn!(topic, error = %e, "Reading the output topic failed; retrying.");
                     continue;
                 }
             };
@@ -654,15 +680,12 @@ impl<O: Operator> Runner<O> {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        warn!(topic = topic.as_str(), partition = q, offset = off, error = %e, "Skipping an output record that is not a state change.")
+                        warn!(topic, partition = q, offset = off, error = %e, "Skipping an output record that is not a state change.")
                     }
                 },
             }
         }
-        for part in self.parts.values_mut() {
-            part.resume = None;
-        }
-        info!(operator = name, topic = topic.as_str(), records = read, took = ?started.elapsed(), "Read what was published after the checkpoints.");
+        info!(operator = name, topic, records = read, took = ?started.elapsed(), "Read what was published after the checkpoints.");
         Ok(())
     }
 
@@ -709,13 +732,13 @@ impl<O: Operator> Runner<O> {
                 }
             }
             Publish::Topic {
-                topic,
                 producer,
                 defs,
+                topic_of,
                 published,
             } => {
                 let now = now_ms();
-                let mut records = Vec::new();
+                let mut records: BTreeMap<&str, Vec<_>> = BTreeMap::new();
                 let mut diffs = Vec::new();
                 for (p, part) in &self.parts {
                     let tables = part.state.tables()?;
@@ -723,27 +746,33 @@ impl<O: Operator> Runner<O> {
                         rows[i] += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
                     }
                     let mut diff = part.sent.diff(name, *p, now, defs, &tables)?;
-                    records.append(&mut diff.records);
+                    for (key, value) in diff.records.drain(..) {
+                        let topic = table_of(key.as_bytes())
+                            .and_then(|t| topic_of.get(t))
+                            .ok_or_else(|| Error::Unrouted(key.clone()))?;
+                        records.entry(topic).or_default().push((key, value));
+                    }
                     diffs.push((*p, diff));
                 }
-                if !records.is_empty() {
+                for (topic, records) in &records {
                     let Some(stored) =
-                        deliver(rt, stop, topic, || produce_keyed(producer, topic, &records))
+                        deliver(rt, stop, topic, || produce_keyed(producer, topic, records))
                     else {
                         return Ok(false);
                     };
+                    let published = published.entry((*topic).to_owned()).or_default();
                     for (q, off) in stored {
                         let next = published.entry(q).or_insert(0);
                         *next = (*next).max(off + 1);
                     }
                     self.metrics
                         .records_out
-                        .with_label_values(&[topic.as_str()])
+                        .with_label_values(&[topic])
                         .inc_by(records.len() as u64);
-                    for (p, diff) in diffs {
-                        if let Some(part) = self.parts.get_mut(&p) {
-                            part.sent.apply(diff);
-                        }
+                }
+                for (p, diff) in diffs {
+                    if let Some(part) = self.parts.get_mut(&p) {
+                        part.sent.apply(diff);
                     }
                 }
             }

@@ -15,6 +15,7 @@ use marktwin_core::Config;
 use marktwin_core::config::UnitsConfig;
 use marktwin_core::topics::id;
 use marktwin_state::daily_sales::{self, DailySales};
+use marktwin_state::inventory::{self, Inventory, InventoryParams};
 use marktwin_state::line_twin::{self, TwinParams};
 use marktwin_state::{Applied, LineTwin, PosState};
 
@@ -54,14 +55,29 @@ pub trait Operator: Send + 'static {
     fn empty(&self) -> Self::State;
     /// State from checkpoint tables.
     fn restore(&self, tables: &[(String, RecordBatch)]) -> Result<Self::State>;
-    /// The query tables this operator keeps.
+    /// The query tables this operator keeps, and where each goes.
     fn tables(&self) -> Vec<TableDef>;
-    /// The topic id its table changes go to, for a global view over all
-    /// workers ([`crate::view::View`]); `None` keeps the tables in this
-    /// process, covering only the partitions it owns.
-    fn output(&self) -> Option<&'static str> {
-        None
-    }
+}
+
+/// The table definitions of a state with tables `names`, `schemas` and
+/// `keys` (in one order), all published to topic id `topic`.
+fn defs(
+    names: &[&'static str],
+    schemas: impl IntoIterator<Item = datafusion::arrow::datatypes::SchemaRef>,
+    keys: &[&'static [&'static str]],
+    topic: impl Fn(&str) -> &'static str,
+) -> Vec<TableDef> {
+    names
+        .iter()
+        .zip(schemas)
+        .zip(keys)
+        .map(|((name, schema), key)| TableDef {
+            name,
+            schema,
+            key,
+            topic: Some(topic(name)),
+        })
+        .collect()
 }
 
 /// POS lines into daily sales.
@@ -128,6 +144,7 @@ impl Operator for PosOperator {
             name: daily_sales::TABLE,
             schema: DailySales::schema(),
             key: daily_sales::KEY,
+            topic: None,
         }]
     }
 }
@@ -185,14 +202,77 @@ impl Operator for TwinOperator {
         Ok(LineTwin::restore(self.params.clone(), tables)?)
     }
     fn tables(&self) -> Vec<TableDef> {
-        LineTwin::TABLES
-            .iter()
-            .zip(LineTwin::schemas())
-            .zip(LineTwin::KEYS)
-            .map(|((name, schema), key)| TableDef { name, schema, key })
-            .collect()
+        defs(
+            &LineTwin::TABLES,
+            LineTwin::schemas(),
+            &LineTwin::KEYS,
+            |_| id::TWIN,
+        )
     }
-    fn output(&self) -> Option<&'static str> {
-        Some(id::TWIN)
+}
+
+/// Inventory counts, orders and production (the `stock` topic) into stock
+/// on hand, stock cover and cover alerts.
+pub struct InventoryOperator {
+    params: Arc<InventoryParams>,
+}
+
+impl InventoryOperator {
+    /// The operator for `cfg`.
+    pub fn new(cfg: &Config) -> Self {
+        InventoryOperator {
+            params: Arc::new(InventoryParams::from_config(cfg)),
+        }
+    }
+}
+
+impl PartitionState for Inventory {
+    fn apply(&mut self, input: usize, value: &[u8]) -> Applied {
+        Inventory::apply(self, input, value)
+    }
+    fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        Ok(Inventory::save(self)?)
+    }
+    fn tables(&self) -> Result<Vec<Vec<RecordBatch>>> {
+        Ok(self.to_batches()?.into_iter().map(|b| vec![b]).collect())
+    }
+    fn applied(&self) -> u64 {
+        Inventory::applied(self)
+    }
+    fn rows(&self) -> usize {
+        Inventory::rows(self)
+    }
+    fn evict(&mut self) {
+        Inventory::evict(self)
+    }
+}
+
+impl Operator for InventoryOperator {
+    type State = Inventory;
+    fn name(&self) -> &'static str {
+        "inventory"
+    }
+    fn inputs(&self) -> &'static [&'static str] {
+        &inventory::INPUTS
+    }
+    fn empty(&self) -> Inventory {
+        Inventory::new(self.params.clone())
+    }
+    fn restore(&self, tables: &[(String, RecordBatch)]) -> Result<Inventory> {
+        Ok(Inventory::restore(self.params.clone(), tables)?)
+    }
+    fn tables(&self) -> Vec<TableDef> {
+        defs(
+            &Inventory::TABLES,
+            Inventory::schemas(),
+            &Inventory::KEYS,
+            |name| {
+                if name == inventory::ALERTS_TABLE {
+                    id::ALERTS
+                } else {
+                    id::TWIN
+                }
+            },
+        )
     }
 }

@@ -381,6 +381,7 @@ mod tests {
                 Field::new("v", DataType::Float64, true),
             ])),
             key: &["k", "at"],
+            topic: Some("twin"),
         }
     }
 

@@ -460,6 +460,28 @@ pub fn sources(addr: &str) -> Vec<HttpSource> {
     vec![pos, crm, orders, plans, scm, wms, production, capacity]
 }
 
+/// When the simulator's systems are the sources (simulator on, no HTTP
+/// sources configured) and no stock routing is configured, the simulated
+/// plant's: line `k` delivers to warehouse `k` (wrapping around the
+/// warehouses), and stock counts come from the fused SCM and WMS counts.
+/// Every process calls this, so edge and workers route alike.
+pub fn inventory_defaults(cfg: &mut Config) {
+    let (s, inv) = (&cfg.simulator, &mut cfg.inventory);
+    let simulated = s.enabled && s.api_sources && cfg.edge.http.is_empty();
+    if !simulated || !inv.line_warehouses.is_empty() {
+        return;
+    }
+    for l in 0..u32::from(s.lines.max(1)) {
+        inv.line_warehouses.insert(
+            format!("line-{}", l + 1),
+            format!("WH{:02}", l % s.warehouses.max(1) + 1),
+        );
+    }
+    if inv.count_sources.is_empty() && cfg.edge.fusion.is_empty() {
+        inv.count_sources = vec!["fusion:stock".into()];
+    }
+}
+
 /// The fusion of the simulated SCM's and WMS's stock: the warehouse system
 /// counts at the shelf and weighs three times as much.
 pub fn fusion() -> Vec<FusionConfig> {
@@ -507,5 +529,8 @@ mod tests {
         let cfg = Config::load(Some(&path)).unwrap();
         assert_eq!(cfg.edge.http, sources(&cfg.simulator.listen));
         assert_eq!(cfg.edge.fusion, fusion());
+        let mut simulated = Config::default();
+        inventory_defaults(&mut simulated);
+        assert_eq!(cfg.inventory, simulated.inventory);
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use datafusion::arrow::array::TimestampMillisecondArray;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use marktwin_core::events::{Payload, Unit};
 
