@@ -29,6 +29,7 @@ use datafusion::prelude::SessionContext;
 use marktwin::app::{self, Parts, Running};
 use marktwin_core::Config;
 use marktwin_core::codec;
+use marktwin_core::config::Assignment;
 use marktwin_core::events::{
     Envelope, LineCapacity, LineState, ProductionPlan, ProductionRecord, Unit,
 };
@@ -39,6 +40,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
 const CHILD_ENV: &str = "MARKTWIN_TWIN_CHILD_CONFIG";
+const CHILD_LISTEN_ENV: &str = "MARKTWIN_TWIN_CHILD_LISTEN";
 const LINES: usize = 6;
 const PARTITIONS: i32 = 3;
 const MINUTE: i64 = 60_000;
@@ -60,9 +62,11 @@ const WORKER_ONLY: Parts = Parts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "started by twin_is_exact_after_repeated_sigkill as its worker process"]
 async fn twin_worker_child() {
+    log_to_test_output();
     let path = std::env::var(CHILD_ENV).expect("config path in MARKTWIN_TWIN_CHILD_CONFIG");
     let cfg: Config = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let _running = app::start(cfg, WORKER_ONLY, "127.0.0.1:0").await.unwrap();
+    let listen = std::env::var(CHILD_LISTEN_ENV).unwrap_or_else(|_| "127.0.0.1:0".into());
+    let _running = app::start(cfg, WORKER_ONLY, &listen).await.unwrap();
     loop {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
@@ -445,11 +449,24 @@ fn worker_config(cfg: &Config, dir: &std::path::Path, i: u32, n: u32) -> std::pa
 }
 
 fn spawn_child(config_path: &std::path::Path) -> Child {
+    spawn_child_on(config_path, "127.0.0.1:0")
+}
+
+/// A worker process whose health, metrics and query listener is `listen`.
+fn spawn_child_on(config_path: &std::path::Path, listen: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "twin_worker_child", "--nocapture"])
         .env(CHILD_ENV, config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env(CHILD_LISTEN_ENV, listen)
+        .env(
+            "RUST_LOG",
+            std::env::var("MARKTWIN_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(if std::env::var_os("MARKTWIN_CHILD_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::inherit())
         .spawn()
         .expect("worker process")
@@ -482,28 +499,8 @@ async fn twin_is_exact_after_repeated_sigkill() {
     };
     let broker = EmbeddedBroker::start(&cfg).await.expect("broker");
     cfg.kafka.brokers = broker.bootstrap();
-    cfg.worker.utc_offset_minutes = 480;
-    cfg.worker.publish_interval_ms = 200;
-    cfg.worker.checkpoint.interval_ms = 250;
-    for (w, region, _) in REGIONS {
-        cfg.inventory.regions.insert(w.into(), region.into());
-    }
-    for l in 0..LINES {
-        cfg.inventory
-            .line_warehouses
-            .insert(line_id(l), warehouse_of(l));
-    }
-    cfg.inventory.cover_min_days = 1.0;
-    cfg.inventory.cover_max_days = 2.0;
-    cfg.validate().unwrap();
-    marktwin_kafka::topics::ensure_topics(&cfg, &cfg.kafka.brokers)
-        .await
-        .unwrap();
+    let outs = setup(&mut cfg).await;
     let config_path = worker_config(&cfg, dir.path(), 0, 1);
-
-    // 02:00 local time, four days ago.
-    let t0 = (marktwin_core::now_ms() / DAY - 4) * DAY - 6 * 3_600_000;
-    let outs = with_stock(workload(7, t0), 11, t0, 60 * 60);
     let producer: FutureProducer = marktwin_kafka::client_config(&cfg, &cfg.kafka.brokers)
         .create()
         .unwrap();
@@ -548,7 +545,129 @@ async fn twin_is_exact_after_repeated_sigkill() {
     child.wait().unwrap();
     let covered = checkpointed(&store).await;
     eprintln!("final checkpoint {covered:?}");
+    last_worker_is_exact(&cfg, &outs).await;
+    broker.stop().await;
+}
 
+/// The settings both tests share; creates the topics and returns the
+/// seeded workload.
+async fn setup(cfg: &mut Config) -> Vec<Out> {
+    cfg.worker.utc_offset_minutes = 480;
+    cfg.worker.publish_interval_ms = 200;
+    cfg.worker.checkpoint.interval_ms = 250;
+    for (w, region, _) in REGIONS {
+        cfg.inventory.regions.insert(w.into(), region.into());
+    }
+    for l in 0..LINES {
+        cfg.inventory
+            .line_warehouses
+            .insert(line_id(l), warehouse_of(l));
+    }
+    cfg.inventory.cover_min_days = 1.0;
+    cfg.inventory.cover_max_days = 2.0;
+    cfg.validate().unwrap();
+    marktwin_kafka::topics::ensure_topics(cfg, &cfg.kafka.brokers)
+        .await
+        .unwrap();
+    // 02:00 local time, four days ago.
+    let t0 = (marktwin_core::now_ms() / DAY - 4) * DAY - 6 * 3_600_000;
+    with_stock(workload(7, t0), 11, t0, 60 * 60)
+}
+
+/// Fail-over through the group protocol, on librdkafka's mock cluster
+/// (Tansu does not evict a dead group member): two worker processes in
+/// `group` assignment share the partitions of the first half of the
+/// workload; one is killed with SIGKILL while it works on the third
+/// quarter; the other must take its partitions over, after the session
+/// timeout, from their checkpoints and the twin topic, and process the
+/// rest. A last worker then restores and must equal the
+/// batch recomputation, as in [`twin_is_exact_after_repeated_sigkill`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_fails_over_through_the_group_protocol() {
+    log_to_test_output();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let mut cfg = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    cfg.kafka.brokers = mock.bootstrap_servers();
+    // The mock cluster has no admin API: the topics are made here, and
+    // `ensure_topics` finds them.
+    for t in cfg.all_topics() {
+        mock.create_topic(&cfg.topic_name(t.id), t.partitions, 1)
+            .expect("topic on the mock cluster");
+    }
+    cfg.worker.assignment = Assignment::Group;
+    cfg.worker.session_timeout_ms = 6_000;
+    let outs = setup(&mut cfg).await;
+    // Publish far more often than checkpoint, so that the killed member
+    // leaves changes on the twin topic that its checkpoint does not hold
+    // and the new owner must read them back.
+    cfg.worker.checkpoint.interval_ms = 2_000;
+    let producer: FutureProducer = marktwin_kafka::client_config(&cfg, &cfg.kafka.brokers)
+        .create()
+        .unwrap();
+    let store = CheckpointStore::open("", &cfg.data_dir).unwrap();
+    let half = outs.len() / 2;
+    let covered = |n: usize| {
+        let store = &store;
+        async move {
+            for _ in 0..1200 {
+                if checkpointed(store).await.values().sum::<i64>() as usize >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!(
+                "checkpoints stopped at {:?} of {n} records",
+                checkpointed(store).await
+            );
+        }
+    };
+
+    produce(&producer, &cfg, &outs[..half]).await;
+    let path = worker_config(&cfg, dir.path(), 0, 1);
+    let listen: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", marktwin_tests::free_port()))
+        .collect();
+    let mut children: Vec<Child> = listen.iter().map(|l| spawn_child_on(&path, l)).collect();
+    covered(half).await;
+    // Both members applied records: each owned partitions.
+    let mut applied = Vec::new();
+    for l in &listen {
+        applied.push(metric(l.parse().unwrap(), "marktwin_worker_records_in_total").await);
+    }
+    eprintln!("first half: records read per member {applied:?}");
+    assert!(applied.iter().all(|n| *n > 0.0), "{applied:?}");
+
+    // Killed while it works on more input: no leave, so the group must
+    // time it out, and what it published after its last checkpoint is on
+    // the twin topic for the new owner to read back.
+    let three_quarters = outs.len() * 3 / 4;
+    produce(&producer, &cfg, &outs[half..three_quarters]).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    children[0].kill().unwrap(); // SIGKILL
+    children[0].wait().unwrap();
+    produce(&producer, &cfg, &outs[three_quarters..]).await;
+    covered(outs.len()).await;
+    let after = metric(
+        listen[1].parse().unwrap(),
+        "marktwin_worker_records_in_total",
+    )
+    .await;
+    eprintln!("second half: the surviving member read {after} records in all");
+    children[1].kill().unwrap();
+    children[1].wait().unwrap();
+    last_worker_is_exact(&cfg, &outs).await;
+}
+
+/// Computes the batch truth from the input topics as the broker holds them,
+/// starts a last worker that restores the checkpoints and replays the rest,
+/// and compares every twin table, the compacted output topics and the late
+/// and dead-letter topics with the truth.
+async fn last_worker_is_exact(cfg: &Config, outs: &[Out]) {
+    let total = outs.len();
     // The batch truth, from the topics as the broker holds them.
     let topics = ["production", "production_plan", "line_capacity", "stock"];
     let mut input: HashMap<&str, Vec<Record>> = HashMap::new();
@@ -561,7 +680,7 @@ async fn twin_is_exact_after_repeated_sigkill() {
         assert_eq!(recs.len(), want, "{t} holds what was produced");
         input.insert(t, recs);
     }
-    let truth = Truth::compute(&cfg, &input).await;
+    let truth = Truth::compute(cfg, &input).await;
 
     // The last worker: restores, replays the rest, publishes.
     let running = app::start(cfg.clone(), WORKER_ONLY, "127.0.0.1:0")
@@ -583,13 +702,16 @@ async fn twin_is_exact_after_repeated_sigkill() {
         "the last worker restored a checkpoint: it read {replayed} of {total} records"
     );
 
-    // The inventory twin's tables come through their views too.
-    let inventory_rows = truth.tables["twin_inventory"].len();
-    wait_until(&running, || async {
-        let v = sql(&running, "SELECT COUNT(*) AS n FROM twin_inventory").await;
-        v[0]["n"].as_u64().unwrap_or(0) as usize == inventory_rows
-    })
-    .await;
+    // The inventory twin's tables come through their views too, the
+    // alerts through a view of their own that may build a little later.
+    for table in ["twin_inventory", "twin_stock_cover", "twin_stock_alerts"] {
+        let want = truth.tables[table].len();
+        wait_until(&running, || async {
+            let v = sql(&running, &format!("SELECT COUNT(*) AS n FROM {table}")).await;
+            v[0]["n"].as_u64().unwrap_or(0) as usize == want
+        })
+        .await;
+    }
     for (table, query, key_cols) in TABLES {
         let got = sql(&running, query).await;
         let want = &truth.tables[table];
@@ -662,7 +784,6 @@ async fn twin_is_exact_after_repeated_sigkill() {
         eprintln!("{topic}: {} records, as the batch finds", want.len());
     }
     running.shutdown().await;
-    broker.stop().await;
 }
 
 async fn wait_until<F, Fut>(running: &Running, mut done: F)

@@ -353,10 +353,20 @@ pub struct WorkerConfig {
     pub publish_interval_ms: u64,
     /// Most records decoded and applied in one batch.
     pub max_batch: usize,
+    /// How worker processes share the input partitions: `static` (worker
+    /// `instance` of `instances` takes the partitions `p` with
+    /// `p % instances == instance`) or `group` (the Kafka group protocol
+    /// moves partitions to the live members; needs a broker that evicts a
+    /// silent member, which Tansu does not).
+    pub assignment: Assignment,
     /// This worker's index, from 0 (static partition assignment).
     pub instance: u32,
-    /// Number of worker instances sharing the partitions.
+    /// Number of worker instances sharing the partitions (static
+    /// assignment).
     pub instances: u32,
+    /// Group assignment: a member silent for this long, ms, loses its
+    /// partitions to the others.
+    pub session_timeout_ms: u64,
     /// Address of the worker's health, metrics and query listener when run
     /// on its own (`marktwin worker`).
     pub listen: String,
@@ -370,6 +380,17 @@ pub struct WorkerConfig {
     pub checkpoint: CheckpointConfig,
     /// The production twin: windows, watermarks, lateness.
     pub twin: TwinConfig,
+}
+
+/// How worker processes share the input partitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assignment {
+    /// Worker `i` of `n` takes the partitions `p` with `p % n == i`.
+    #[default]
+    Static,
+    /// The Kafka group protocol (cooperative sticky) assigns partitions.
+    Group,
 }
 
 /// Where and how often the worker checkpoints its state.
@@ -488,8 +509,10 @@ impl Default for WorkerConfig {
         WorkerConfig {
             publish_interval_ms: 1000,
             max_batch: 10_000,
+            assignment: Assignment::Static,
             instance: 0,
             instances: 1,
+            session_timeout_ms: 45_000,
             listen: "127.0.0.1:8092".into(),
             utc_offset_minutes: 0,
             dedup_window: 200_000,
@@ -789,6 +812,13 @@ impl Config {
                 format!("must be below worker.instances ({})", w.instances),
             ));
         }
+        if w.assignment == Assignment::Group && !(1_000..=3_600_000).contains(&w.session_timeout_ms)
+        {
+            return Err(bad(
+                "worker.session_timeout_ms",
+                "must be between 1000 and 3600000 with worker.assignment = \"group\"",
+            ));
+        }
         if w.max_batch == 0 {
             return Err(bad("worker.max_batch", "must be at least 1"));
         }
@@ -985,6 +1015,29 @@ mod tests {
         c.units.carton = 0.0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("units.carton"), "{e}");
+
+        let mut c = Config::default();
+        c.worker.assignment = Assignment::Group;
+        c.worker.session_timeout_ms = 10;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("worker.session_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn group_assignment_from_the_file_and_its_allowed_values() {
+        Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "[worker]\nassignment = \"group\"\n")?;
+            let cfg = Config::load(Some(Path::new("m.toml"))).expect("load");
+            assert_eq!(cfg.worker.assignment, Assignment::Group);
+            assert_eq!(Config::default().worker.assignment, Assignment::Static);
+            jail.set_env("MARKTWIN__WORKER__ASSIGNMENT", "gossip");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("gossip") && err.contains("static") && err.contains("group"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

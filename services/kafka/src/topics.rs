@@ -30,10 +30,28 @@ pub fn broker_retention_ms(configured: i64) -> i64 {
 }
 
 /// Creates every declared topic that does not exist yet, with its partition
-/// count and cleanup policy. Existing topics are left as they are.
+/// count and cleanup policy. Existing topics are left as they are; when all
+/// exist, nothing is asked of the broker but metadata, so topics created
+/// ahead by an operator (a cluster whose ACLs deny CreateTopics) or a
+/// broker without the admin API (librdkafka's mock cluster) are fine.
 pub async fn ensure_topics(cfg: &Config, bootstrap: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = crate::client_config(cfg, bootstrap).create()?;
-    let specs = cfg.all_topics();
+    let client = crate::client_config(cfg, bootstrap);
+    let existing = tokio::task::spawn_blocking({
+        let client = client.clone();
+        move || existing_topics(&client)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let specs: Vec<_> = cfg
+        .all_topics()
+        .into_iter()
+        .filter(|t| !existing.contains(&cfg.topic_name(t.id)))
+        .collect();
+    if specs.is_empty() {
+        info!(existing = existing.len(), "Topics ensured; all exist.");
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
     let names: Vec<String> = specs.iter().map(|t| cfg.topic_name(t.id)).collect();
     let retention: Vec<String> = specs
         .iter()
@@ -68,8 +86,20 @@ pub async fn ensure_topics(cfg: &Config, bootstrap: &str) -> Result<()> {
             }
         }
     }
-    info!(created, declared = names.len(), "Topics ensured.");
+    info!(created, missing = names.len(), "Topics ensured.");
     Ok(())
+}
+
+/// The names of the topics the broker knows.
+fn existing_topics(client: &rdkafka::ClientConfig) -> Result<std::collections::HashSet<String>> {
+    let consumer: rdkafka::consumer::BaseConsumer = client.create()?;
+    let md = rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(30))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name().to_owned())
+        .collect())
 }
 
 #[cfg(test)]

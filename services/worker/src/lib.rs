@@ -17,6 +17,7 @@
 
 pub mod changes;
 pub mod error;
+mod group;
 pub mod operator;
 pub mod view;
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::backoff::Backoff;
+use marktwin_core::config::Assignment;
 use marktwin_core::events::DeadLetter;
 use marktwin_core::health::Readiness;
 use marktwin_core::metrics as m;
@@ -45,6 +47,7 @@ use tracing::{error, info, warn};
 pub use changes::TableDef;
 use changes::{Sent, Wire, table_of};
 pub use error::{Error, Result};
+use group::{Move, Moves, OwnerContext, load_checkpoint};
 pub use operator::{InventoryOperator, Operator, PartitionState, PosOperator, TwinOperator};
 pub use view::View;
 
@@ -173,8 +176,9 @@ struct Part<S> {
     last_record: Instant,
     /// What the output topic holds of this partition's rows.
     sent: Sent,
-    /// Where the output topics must be read from to complete `sent`: the
-    /// checkpoint's published offsets; `None` for the beginning.
+    /// Where the output topics must be read from to complete `sent` (the
+    /// checkpoint's published offsets; a topic not named, from its
+    /// beginning); `None` once read.
     resume: Option<Published>,
 }
 
@@ -196,10 +200,12 @@ enum Publish {
     },
 }
 
-/// Runs one [`Operator`] over a static share of its input partitions
-/// (worker `i` of `n` takes the partitions `p` with `p % n == i`), read
-/// with a plain librdkafka consumer: no group rebalancing, because Tansu
-/// does not evict dead members and our offsets live in our checkpoints.
+/// Runs one [`Operator`] over a share of its input partitions: a static
+/// share by default (worker `i` of `n` takes the partitions `p` with
+/// `p % n == i`), read with a plain librdkafka consumer, because Tansu does
+/// not evict dead group members; or, with `worker.assignment = "group"`,
+/// what the Kafka group protocol assigns ([`group`]). Either way the input
+/// offsets live in our checkpoints, not in committed group offsets.
 ///
 /// Each record is applied once: a record below the partition's next offset
 /// is a replay and skipped. Records the state refuses go to the dead-letter
@@ -304,7 +310,7 @@ impl<O: Operator> Runner<O> {
         }
     }
 
-    fn consumer(&self) -> Result<BaseConsumer> {
+    fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = marktwin_kafka::client_config(&self.cfg, &self.bootstrap);
         c.set("group.id", format!("marktwin-worker-{}", self.op.name()))
             .set("enable.auto.commit", "false")
@@ -312,7 +318,28 @@ impl<O: Operator> Runner<O> {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "100");
-        Ok(c.create()?)
+        c
+    }
+
+    /// A consumer that reads by explicit assignment.
+    fn consumer(&self) -> Result<BaseConsumer> {
+        Ok(self.client_config().create()?)
+    }
+
+    /// The owner consumer of group assignment (see [`group`]), subscribed
+    /// to the first input.
+    fn owner_consumer(&self, moves: &Moves) -> Result<BaseConsumer<OwnerContext>> {
+        let mut c = self.client_config();
+        let session = self.cfg.worker.session_timeout_ms;
+        c.set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 3).min(3000).to_string());
+        let owner: BaseConsumer<OwnerContext> = c.create_with_context(OwnerContext {
+            operator: self.op.name(),
+            moves: moves.clone(),
+        })?;
+        owner.subscribe(&[self.topics[0].as_str()])?;
+        Ok(owner)
     }
 
     /// This worker's partition numbers, waiting for the topics' metadata if
@@ -352,20 +379,9 @@ impl<O: Operator> Runner<O> {
         Ok(Vec::new())
     }
 
-    /// Loads partition `p`'s checkpoint, retrying while the store fails in
-    /// a way that may pass.
-    fn load(&mut self, rt: &tokio::runtime::Handle, p: i32, stop: &AtomicBool) -> Result<()> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let cp = loop {
-            match rt.block_on(self.store.load(self.op.name(), p)) {
-                Ok(cp) => break cp,
-                Err(e) if e.is_retryable() && !stop.load(Ordering::Relaxed) => {
-                    warn!(operator = self.op.name(), partition = p, error = %e, "Loading the checkpoint failed; retrying.");
-                    std::thread::sleep(backoff.next_delay());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+    /// Takes partition `p` from its checkpoint (`None`: from the
+    /// beginning); its output rows are completed by [`Runner::read_published`].
+    fn install(&mut self, p: i32, cp: Option<Checkpoint>) -> Result<()> {
         let (state, next, resume) = match cp {
             Some(cp) => {
                 info!(
@@ -380,7 +396,8 @@ impl<O: Operator> Runner<O> {
                     .iter()
                     .map(|t| cp.offsets.get(t).copied())
                     .collect();
-                (self.op.restore(&cp.tables)?, next, Some(cp.published))
+                let state = self.op.restore(&cp.tables)?;
+                (state, next, Some(cp.published))
             }
             None => (self.op.empty(), vec![None; self.topics.len()], None),
         };
@@ -390,6 +407,7 @@ impl<O: Operator> Runner<O> {
             // exactly these rows.
             sent.seed(defs, &state.tables()?)?;
         }
+        let resume = Some(resume.unwrap_or_default());
         self.parts.insert(
             p,
             Part {
@@ -407,28 +425,40 @@ impl<O: Operator> Runner<O> {
     /// producers' and the checkpoint store's futures.
     pub fn run(mut self, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) -> Result<()> {
         let name = self.op.name();
+        let moves = Moves::default();
         let consumer = self.consumer()?;
-        let parts = self.my_partitions(&consumer, &stop)?;
-        if parts.is_empty() {
-            return Ok(());
-        }
         let started = Instant::now();
-        for &p in &parts {
-            self.load(&rt, p, &stop)?;
-        }
-        self.read_published(&stop)?;
-        let mut tpl = TopicPartitionList::new();
-        for (p, part) in &self.parts {
-            for (topic, next) in self.topics.iter().zip(&part.next) {
-                tpl.add_partition_offset(
-                    topic,
-                    *p,
-                    next.map_or(Offset::Beginning, Offset::Offset),
-                )?;
+        let owner = if self.cfg.worker.assignment == Assignment::Group {
+            // All inputs must be partitioned alike; the group decides over
+            // the first.
+            self.my_partitions(&consumer, &stop)?;
+            let owner = self.owner_consumer(&moves)?;
+            info!(operator = name, topics = ?self.topics, "Worker joined its group; partitions come with the group's assignment.");
+            Some(owner)
+        } else {
+            let parts = self.my_partitions(&consumer, &stop)?;
+            if parts.is_empty() {
+                return Ok(());
             }
-        }
-        consumer.assign(&tpl)?;
-        info!(operator = name, topics = ?self.topics, partitions = ?parts, instance = self.cfg.worker.instance, loaded_in = ?started.elapsed(), "Worker assigned.");
+            for &p in &parts {
+                let cp = load_checkpoint(&self.store, &rt, name, p, &stop)?;
+                self.install(p, cp)?;
+            }
+            self.read_published(&stop)?;
+            let mut tpl = TopicPartitionList::new();
+            for (p, part) in &self.parts {
+                for (topic, next) in self.topics.iter().zip(&part.next) {
+                    tpl.add_partition_offset(
+                        topic,
+                        *p,
+                        next.map_or(Offset::Beginning, Offset::Offset),
+                    )?;
+                }
+            }
+            consumer.assign(&tpl)?;
+            info!(operator = name, topics = ?self.topics, partitions = ?parts, instance = self.cfg.worker.instance, loaded_in = ?started.elapsed(), "Worker assigned.");
+            None
+        };
 
         let input_of: HashMap<String, usize> = self
             .topics
@@ -436,7 +466,6 @@ impl<O: Operator> Runner<O> {
             .enumerate()
             .map(|(i, t)| (t.clone(), i))
             .collect();
-        let labels: BTreeMap<i32, String> = parts.iter().map(|p| (*p, p.to_string())).collect();
         // A partition-EOF arrived since the last look at the positions.
         let mut saw_eof = false;
         let mut caught_up = false;
@@ -457,6 +486,21 @@ impl<O: Operator> Runner<O> {
         let mut stamps: Vec<i64> = Vec::with_capacity(max_batch);
 
         while !stop.load(Ordering::Relaxed) {
+            if let Some(owner) = &owner {
+                // Serves the group's callbacks; the owner reads nothing.
+                let _ = owner.poll(Duration::ZERO);
+                if self.take_moves(&consumer, &moves, &rt, &stop)? {
+                    dirty = true;
+                    if caught_up {
+                        caught_up = false;
+                        self.readiness.set(
+                            readiness_check(name),
+                            false,
+                            "catching up on partitions the group assigned",
+                        );
+                    }
+                }
+            }
             let batch_started = Instant::now();
             let mut n = 0usize;
             let mut timeout = Duration::from_millis(100);
@@ -534,13 +578,17 @@ impl<O: Operator> Runner<O> {
                 for ((input, p), c) in std::mem::take(&mut counts) {
                     self.metrics
                         .records_in
-                        .with_label_values(&[self.topics[input].as_str(), &labels[&p]])
+                        .with_label_values(&[self.topics[input].as_str(), &p.to_string()])
                         .inc_by(c);
                 }
             }
             let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
-            let catch_up =
-                !caught_up && std::mem::take(&mut saw_eof) && self.read_to_end(&consumer);
+            // Caught up: every owned partition read to its end, once the
+            // group (if any) has given this member its share.
+            let catch_up = !caught_up
+                && (std::mem::take(&mut saw_eof) || self.parts.is_empty())
+                && (owner.is_none() || moves.joined())
+                && self.read_to_end(&consumer);
             // A checkpoint follows a publish of everything it holds; the
             // end of the catch-up is published at once, so ready implies
             // queryable.
@@ -562,7 +610,7 @@ impl<O: Operator> Runner<O> {
                 info!(operator = name, applied = self.applied(), took = ?started.elapsed(), "Worker caught up.");
             }
             if last_progress.elapsed() >= Duration::from_secs(5) {
-                self.observe_progress(&consumer, &labels, idle);
+                self.observe_progress(&consumer, idle);
                 if caught_up {
                     // Keep the reason current, not the count at catch-up.
                     self.report_ready();
@@ -579,14 +627,74 @@ impl<O: Operator> Runner<O> {
         Ok(())
     }
 
-    /// Completes each partition's record of what the output topics hold
-    /// (seeded from its checkpoint) with what was sent after the
-    /// checkpoint: reads each topic from the lowest checkpointed offset
-    /// (the beginning for a partition without one) to its end.
+    /// Builds the partitions the group assigned and drops those it took
+    /// away, in the order it did so; true if anything changed. A dropped
+    /// partition is not published: its checkpoint and what the output
+    /// topics hold are where its next owner starts (see [`Runner`]).
+    fn take_moves(
+        &mut self,
+        consumer: &BaseConsumer,
+        moves: &Moves,
+        rt: &tokio::runtime::Handle,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        let taken = moves.take();
+        if taken.is_empty() {
+            return Ok(false);
+        }
+        let mut assigned = false;
+        for m in taken {
+            let mut tpl = TopicPartitionList::new();
+            match m {
+                Move::Assigned(p) => {
+                    let cp = load_checkpoint(&self.store, rt, self.op.name(), p, stop)?;
+                    self.install(p, cp)?;
+                    for (topic, next) in self.topics.iter().zip(&self.parts[&p].next) {
+                        let at = next.map_or(Offset::Beginning, Offset::Offset);
+                        tpl.add_partition_offset(topic, p, at)?;
+                    }
+                    consumer.incremental_assign(&tpl)?;
+                    assigned = true;
+                }
+                Move::Revoked(p) => {
+                    if self.parts.remove(&p).is_none() {
+                        continue;
+                    }
+                    for topic in &self.topics {
+                        tpl.add_partition(topic, p);
+                    }
+                    consumer.incremental_unassign(&tpl)?;
+                    info!(
+                        operator = self.op.name(),
+                        partition = p,
+                        "Partition handed over."
+                    );
+                    let label = p.to_string();
+                    for topic in &self.topics {
+                        let labels = [topic.as_str(), label.as_str()];
+                        let _ = self.metrics.offset.remove_label_values(&labels);
+                        let _ = self.metrics.lag.remove_label_values(&labels);
+                    }
+                }
+            }
+        }
+        if assigned {
+            self.read_published(stop)?;
+        }
+        Ok(true)
+    }
+
+    /// Completes the record of what the output topics hold (seeded from
+    /// the checkpoint) of each newly taken partition with what was sent
+    /// after its checkpoint: reads each topic from the lowest checkpointed
+    /// offset (the beginning for a partition without one) to its end.
     fn read_published(&mut self, stop: &AtomicBool) -> Result<()> {
         let Publish::Topic { topic_of, .. } = &self.publish else {
             return Ok(());
         };
+        if self.parts.values().all(|p| p.resume.is_none()) {
+            return Ok(());
+        }
         let topics: std::collections::BTreeSet<String> = topic_of.values().cloned().collect();
         let consumer = self.consumer()?;
         for topic in topics {
@@ -622,14 +730,8 @@ impl<O: Operator> Runner<O> {
             let from = self
                 .parts
                 .values()
-                .map(|p| {
-                    p.resume
-                        .as_ref()
-                        .and_then(|r| r.get(topic))
-                        .and_then(|r| r.get(&q))
-                        .copied()
-                        .unwrap_or(0)
-                })
+                .filter_map(|p| p.resume.as_ref())
+                .map(|r| r.get(topic).and_then(|r| r.get(&q)).copied().unwrap_or(0))
                 .min()
                 .unwrap_or(0);
             let (_, high) = watermarks(consumer, topic, q, stop)?;
@@ -668,13 +770,17 @@ impl<O: Operator> Runner<O> {
             let key = String::from_utf8_lossy(key);
             match msg.payload() {
                 None => {
-                    for part in self.parts.values_mut() {
+                    for part in self.parts.values_mut().filter(|p| p.resume.is_some()) {
                         part.sent.set(&key, None);
                     }
                 }
                 Some(v) => match serde_json::from_slice::<Wire>(v) {
                     Ok(w) if w.operator == name => {
-                        if let Some(part) = self.parts.get_mut(&w.partition) {
+                        if let Some(part) = self
+                            .parts
+                            .get_mut(&w.partition)
+                            .filter(|p| p.resume.is_some())
+                        {
                             part.sent.set(&key, Some(w.row.get()));
                         }
                     }
@@ -845,14 +951,9 @@ impl<O: Operator> Runner<O> {
         );
     }
 
-    fn observe_progress(
-        &self,
-        consumer: &BaseConsumer,
-        labels: &BTreeMap<i32, String>,
-        idle: Duration,
-    ) {
+    fn observe_progress(&self, consumer: &BaseConsumer, idle: Duration) {
         for (p, part) in &self.parts {
-            let label = &labels[p];
+            let label = &p.to_string();
             for (input, topic) in self.topics.iter().enumerate() {
                 let next = part.next[input].unwrap_or(0);
                 self.metrics
