@@ -38,7 +38,13 @@ pub fn kafka_client_from_env(cfg: &mut Config) {
 
 /// User + system CPU seconds of this process so far.
 pub fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_secs_of("self")
+}
+
+/// CPU seconds (user + system) used so far by process `pid` (`self` for
+/// this one); 0 when it cannot be read.
+pub fn cpu_secs_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name in parentheses; utime and stime are
     // fields 14 and 15, in clock ticks (100 per second on Linux).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

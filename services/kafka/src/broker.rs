@@ -174,6 +174,12 @@ impl EmbeddedBroker {
         self.addr.to_string()
     }
 
+    /// The broker's process id, while it runs (benchmarks read its CPU
+    /// time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The broker's log file.
     pub fn log(&self) -> &Path {
         &self.log

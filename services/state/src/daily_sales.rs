@@ -1,6 +1,6 @@
 //! POS sales per business day, store and SKU.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{

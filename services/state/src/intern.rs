@@ -1,6 +1,6 @@
 //! String interning for hot-path keys.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 /// Maps strings to dense `u32` ids and back. Looking up a known string does

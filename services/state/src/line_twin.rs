@@ -47,7 +47,9 @@
 //!
 //! Quantities are in the configured reporting unit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{

@@ -2,7 +2,9 @@
 //! outcome, decoding with a reason that names the field, and the bounded
 //! memory of recent event ids that drops records the edge resent.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashSet, HashSetExt};
 
 use std::sync::Arc;
 

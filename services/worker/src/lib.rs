@@ -427,6 +427,10 @@ impl<O: Operator> Runner<O> {
         let name = self.op.name();
         let moves = Moves::default();
         let consumer = self.consumer()?;
+        // Watermarks are asked on a connection of their own: on the
+        // reading consumer's, a request waits behind a fetch that the
+        // broker may hold for `fetch.wait.max.ms`.
+        let meta = self.consumer()?;
         let started = Instant::now();
         let owner = if self.cfg.worker.assignment == Assignment::Group {
             // All inputs must be partitioned alike; the group decides over
@@ -588,11 +592,15 @@ impl<O: Operator> Runner<O> {
             let catch_up = !caught_up
                 && (std::mem::take(&mut saw_eof) || self.parts.is_empty())
                 && (owner.is_none() || moves.joined())
-                && self.read_to_end(&consumer);
+                && self.read_to_end(&meta);
             // A checkpoint follows a publish of everything it holds; the
             // end of the catch-up is published at once, so ready implies
-            // queryable.
-            if dirty && (last_publish.elapsed() >= publish_every || checkpoint_due || catch_up) {
+            // queryable. While catching up, only those: a replay changes
+            // about one window row per record, and publishing every tick
+            // would send each intermediate value (and rows that retention
+            // removes before the end) through the broker and the views.
+            let tick = caught_up && last_publish.elapsed() >= publish_every;
+            if dirty && (tick || checkpoint_due || catch_up) {
                 if !self.publish(&rt, &stop)? {
                     stopped_unsent(name);
                     return Ok(());
@@ -610,7 +618,7 @@ impl<O: Operator> Runner<O> {
                 info!(operator = name, applied = self.applied(), took = ?started.elapsed(), "Worker caught up.");
             }
             if last_progress.elapsed() >= Duration::from_secs(5) {
-                self.observe_progress(&consumer, idle);
+                self.observe_progress(&meta, idle);
                 if caught_up {
                     // Keep the reason current, not the count at catch-up.
                     self.report_ready();

@@ -166,7 +166,10 @@ impl View {
     /// Runs until `stop` is set; call from a blocking thread.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<()> {
         let consumer = self.consumer()?;
-        let Some(n) = wait_for_partitions(&consumer, &self.topic, &stop) else {
+        // Watermarks on a connection of their own, not behind a held fetch
+        // (see `Runner::run`).
+        let meta = self.consumer()?;
+        let Some(n) = wait_for_partitions(&meta, &self.topic, &stop) else {
             return Ok(());
         };
         let started = Instant::now();
@@ -174,7 +177,7 @@ impl View {
         let mut ends = BTreeMap::new();
         for q in 0..n {
             tpl.add_partition_offset(&self.topic, q, Offset::Beginning)?;
-            let (low, high) = watermarks(&consumer, &self.topic, q, &stop)?;
+            let (low, high) = watermarks(&meta, &self.topic, q, &stop)?;
             if high > low {
                 ends.insert(q, high);
             }
@@ -236,7 +239,7 @@ impl View {
             if last_lag.elapsed() >= Duration::from_secs(5) {
                 for q in 0..n {
                     if let Ok((_, high)) =
-                        consumer.fetch_watermarks(&self.topic, q, Duration::from_millis(500))
+                        meta.fetch_watermarks(&self.topic, q, Duration::from_millis(500))
                     {
                         self.metrics
                             .lag
