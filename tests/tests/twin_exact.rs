@@ -712,6 +712,7 @@ async fn last_worker_is_exact(cfg: &Config, outs: &[Out]) {
         })
         .await;
     }
+    worker_metrics_match(&running, cfg, outs, &truth).await;
     for (table, query, key_cols) in TABLES {
         let got = sql(&running, query).await;
         let want = &truth.tables[table];
@@ -784,6 +785,97 @@ async fn last_worker_is_exact(cfg: &Config, outs: &[Out]) {
         eprintln!("{topic}: {} records, as the batch finds", want.len());
     }
     running.shutdown().await;
+}
+
+/// The worker's metrics agree with the input and the truth: next offsets
+/// at each input's end and no lag (clamped at zero), rows per state table
+/// as the batch finds them, checkpoints written, a watermark. Waits first
+/// for the offsets and a checkpoint: the views can show every row before
+/// this worker has caught up (with group assignment, before the group has
+/// even given it its partitions), and it checkpoints on its own tick.
+async fn worker_metrics_match(running: &Running, cfg: &Config, outs: &[Out], truth: &Truth) {
+    let metrics = || async {
+        reqwest::get(format!("http://{}/metrics", running.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let series = |text: &str, name: &str, label: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let inputs = ["production", "production_plan", "line_capacity", "stock"];
+    let produced = |t: &str| outs.iter().filter(|o| o.topic == t).count() as f64;
+    let topic = |t: &str| format!("topic=\"{}\"", cfg.topic_name(t));
+    wait_until(running, || async {
+        let text = metrics().await;
+        inputs.iter().all(|t| {
+            series(&text, "marktwin_worker_offset", &topic(t))
+                .iter()
+                .sum::<f64>()
+                == produced(t)
+        }) && ["twin", "inventory"].iter().all(|op| {
+            series(
+                &text,
+                "marktwin_worker_checkpoint_bytes",
+                &format!("operator=\"{op}\""),
+            )
+            .len()
+                == PARTITIONS as usize
+        })
+    })
+    .await;
+    let text = metrics().await;
+    for t in inputs {
+        let offsets = series(&text, "marktwin_worker_offset", &topic(t));
+        assert_eq!(
+            offsets.len(),
+            PARTITIONS as usize,
+            "{t}: offsets per partition"
+        );
+        let lag = series(&text, "marktwin_worker_lag_records", &topic(t));
+        assert_eq!(lag, vec![0.0; PARTITIONS as usize], "{t}: lag");
+    }
+    for (table, _, _) in TABLES {
+        let rows = series(&text, "marktwin_state_rows", &format!("table=\"{table}\""));
+        assert_eq!(
+            rows,
+            vec![truth.tables[table].len() as f64],
+            "{table}: state rows"
+        );
+    }
+    for op in ["twin", "inventory"] {
+        let op = format!("operator=\"{op}\"");
+        let bytes = series(&text, "marktwin_worker_checkpoint_bytes", &op);
+        assert!(
+            bytes.iter().all(|b| *b > 0.0),
+            "{op}: checkpoint bytes {bytes:?}"
+        );
+        let took = series(
+            &text,
+            "marktwin_worker_checkpoint_duration_seconds_count",
+            &op,
+        );
+        assert!(took.iter().sum::<f64>() > 0.0, "{op}: checkpoints timed");
+    }
+    // The workload's events are days old.
+    let watermark = series(
+        &text,
+        "marktwin_worker_watermark_lag_seconds",
+        "operator=\"twin\"",
+    );
+    assert!(
+        watermark.len() == 1 && watermark[0] > 3_600.0,
+        "watermark lag {watermark:?}"
+    );
+    eprintln!(
+        "worker metrics: next offsets at the inputs' ends, lag 0, state rows as the batch, checkpoints written, watermark lag {:.0} s",
+        watermark[0]
+    );
 }
 
 async fn wait_until<F, Fut>(running: &Running, mut done: F)

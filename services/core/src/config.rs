@@ -1055,9 +1055,13 @@ mod tests {
 
     #[test]
     fn the_example_config_loads() {
-        let path = crate::repo_file("deploy/marktwin.example.toml");
-        let cfg = Config::load(Some(&path)).unwrap();
-        assert_eq!(cfg.worker.utc_offset_minutes, 480);
+        // In a jail: other tests set `MARKTWIN__` variables meanwhile.
+        Jail::expect_with(|_| {
+            let path = crate::repo_file("deploy/marktwin.example.toml");
+            let cfg = Config::load(Some(&path)).unwrap();
+            assert_eq!(cfg.worker.utc_offset_minutes, 480);
+            Ok(())
+        });
     }
 
     #[test]

@@ -617,7 +617,9 @@ impl<O: Operator> Runner<O> {
                 self.report_ready();
                 info!(operator = name, applied = self.applied(), took = ?started.elapsed(), "Worker caught up.");
             }
-            if last_progress.elapsed() >= Duration::from_secs(5) {
+            // Every few seconds, and at once when caught up, so that the
+            // lag and offsets are there as soon as the worker is ready.
+            if catch_up || last_progress.elapsed() >= Duration::from_secs(5) {
                 self.observe_progress(&meta, idle);
                 if caught_up {
                     // Keep the reason current, not the count at catch-up.
