@@ -64,15 +64,20 @@ pub async fn start_edge(
     (broker, running, cfg)
 }
 
-/// The sum of every series of metric `name` (all label sets) that the
-/// process at `addr` serves on `/metrics`; 0 when there is none.
-pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
+/// What the process at `addr` serves on `/metrics`.
+pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+/// The sum of every series of metric `name` (all label sets) that the
+/// process at `addr` serves on `/metrics`; 0 when there is none.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let text = metrics_text(addr).await;
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)

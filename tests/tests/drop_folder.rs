@@ -50,12 +50,7 @@ fn folder(dir: &std::path::Path) -> DropFolder {
 }
 
 async fn metrics(running: &Running) -> String {
-    reqwest::get(format!("http://{}/metrics", running.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    marktwin_tests::metrics_text(running.http_addr).await
 }
 
 fn progress(cfg: &Config) -> u64 {

@@ -794,14 +794,7 @@ async fn last_worker_is_exact(cfg: &Config, outs: &[Out]) {
 /// this worker has caught up (with group assignment, before the group has
 /// even given it its partitions), and it checkpoints on its own tick.
 async fn worker_metrics_match(running: &Running, cfg: &Config, outs: &[Out], truth: &Truth) {
-    let metrics = || async {
-        reqwest::get(format!("http://{}/metrics", running.http_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || marktwin_tests::metrics_text(running.http_addr);
     let series = |text: &str, name: &str, label: &str| -> Vec<f64> {
         text.lines()
             .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
