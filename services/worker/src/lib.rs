@@ -982,25 +982,33 @@ impl<O: Operator> Runner<O> {
                 }
             }
         }
-        // The overall watermark: the slowest partition that is not idle.
-        let active = self
+        let marks = self
             .parts
             .values()
-            .filter(|p| p.last_record.elapsed() < idle)
-            .filter_map(|p| p.state.watermark_ms())
-            .min();
-        let any = self
-            .parts
-            .values()
-            .filter_map(|p| p.state.watermark_ms())
-            .max();
-        if let Some(w) = active.or(any) {
+            .map(|p| (p.state.watermark_ms(), p.last_record.elapsed() >= idle));
+        if let Some(w) = overall_watermark(marks) {
             self.metrics
                 .watermark_lag
                 .with_label_values(&[self.op.name()])
                 .set((now_ms() - w) as f64 / 1000.0);
         }
     }
+}
+
+/// The overall watermark of partitions given as (watermark, idle): the
+/// slowest one that is not idle, so that a partition whose sources went
+/// quiet (SCADA tags do) does not hold the others back; the newest when
+/// all are idle; `None` before any event.
+fn overall_watermark(marks: impl Iterator<Item = (Option<i64>, bool)>) -> Option<i64> {
+    let (mut active, mut any) = (None::<i64>, None::<i64>);
+    for (w, idle) in marks {
+        let Some(w) = w else { continue };
+        any = Some(any.map_or(w, |a| a.max(w)));
+        if !idle {
+            active = Some(active.map_or(w, |a| a.min(w)));
+        }
+    }
+    active.or(any)
 }
 
 /// Sends `letters` to `sink`; the batch is not done until they are stored,
@@ -1107,5 +1115,28 @@ pub(crate) fn watermarks(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overall_watermark;
+
+    #[test]
+    fn an_idle_partition_does_not_hold_the_watermark_back() {
+        // Partition 1 went quiet an hour behind the others.
+        let marks = [
+            (Some(10_000), false),
+            (Some(6_400), true),
+            (Some(9_000), false),
+        ];
+        assert_eq!(overall_watermark(marks.into_iter()), Some(9_000));
+        // Not idle, it holds it back.
+        let marks = [(Some(10_000), false), (Some(6_400), false)];
+        assert_eq!(overall_watermark(marks.into_iter()), Some(6_400));
+        // All idle: the newest; no event yet: none.
+        let marks = [(Some(10_000), true), (Some(6_400), true), (None, false)];
+        assert_eq!(overall_watermark(marks.into_iter()), Some(10_000));
+        assert_eq!(overall_watermark([(None, false)].into_iter()), None);
     }
 }
