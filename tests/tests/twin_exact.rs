@@ -448,13 +448,31 @@ fn worker_config(cfg: &Config, dir: &std::path::Path, i: u32, n: u32) -> std::pa
     path
 }
 
-fn spawn_child(config_path: &std::path::Path) -> Child {
+/// A worker process, killed with SIGKILL when dropped, so a failing test
+/// leaves none behind.
+struct Worker(Child);
+
+impl Worker {
+    /// SIGKILL, and wait for it to be gone.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_child(config_path: &std::path::Path) -> Worker {
     spawn_child_on(config_path, "127.0.0.1:0")
 }
 
 /// A worker process whose health, metrics and query listener is `listen`.
-fn spawn_child_on(config_path: &std::path::Path, listen: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+fn spawn_child_on(config_path: &std::path::Path, listen: &str) -> Worker {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "twin_worker_child", "--nocapture"])
         .env(CHILD_ENV, config_path)
         .env(CHILD_LISTEN_ENV, listen)
@@ -469,7 +487,8 @@ fn spawn_child_on(config_path: &std::path::Path, listen: &str) -> Child {
         })
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("worker process")
+        .expect("worker process");
+    Worker(child)
 }
 
 /// Next offsets per input topic in the newest checkpoints of both twins,
@@ -518,14 +537,13 @@ async fn twin_is_exact_after_repeated_sigkill() {
         } else {
             1
         };
-        let mut children: Vec<Child> = (0..n)
+        let mut children: Vec<Worker> = (0..n)
             .map(|k| spawn_child(&worker_config(&cfg, dir.path(), k, n)))
             .collect();
         let ms = 300 + rng.below(2500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         for child in &mut children {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            child.kill();
         }
         eprintln!(
             "chunk {i}: {n} worker(s) killed after {ms} ms; checkpointed {:?}",
@@ -541,8 +559,7 @@ async fn twin_is_exact_after_repeated_sigkill() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let covered = checkpointed(&store).await;
     eprintln!("final checkpoint {covered:?}");
     last_worker_is_exact(&cfg, &outs).await;
@@ -631,7 +648,7 @@ async fn twin_fails_over_through_the_group_protocol() {
     let listen: Vec<String> = (0..2)
         .map(|_| format!("127.0.0.1:{}", marktwin_tests::free_port()))
         .collect();
-    let mut children: Vec<Child> = listen.iter().map(|l| spawn_child_on(&path, l)).collect();
+    let mut children: Vec<Worker> = listen.iter().map(|l| spawn_child_on(&path, l)).collect();
     covered(half).await;
     // Both members applied records: each owned partitions.
     let mut applied = Vec::new();
@@ -647,8 +664,7 @@ async fn twin_fails_over_through_the_group_protocol() {
     let three_quarters = outs.len() * 3 / 4;
     produce(&producer, &cfg, &outs[half..three_quarters]).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    children[0].kill().unwrap(); // SIGKILL
-    children[0].wait().unwrap();
+    children[0].kill();
     produce(&producer, &cfg, &outs[three_quarters..]).await;
     covered(outs.len()).await;
     let after = metric(
@@ -657,8 +673,7 @@ async fn twin_fails_over_through_the_group_protocol() {
     )
     .await;
     eprintln!("second half: the surviving member read {after} records in all");
-    children[1].kill().unwrap();
-    children[1].wait().unwrap();
+    children[1].kill();
     last_worker_is_exact(&cfg, &outs).await;
 }
 
