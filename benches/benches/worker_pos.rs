@@ -1,6 +1,6 @@
 //! The worker's POS path in-process: decode + replay guards + aggregate,
 //! next to its ceiling, serde_json decode-only of the same records, measured
-//! in the same run. `cargo bench -p marktwin-benches --bench worker_pos`.
+//! in the same run. `cargo bench --workspace --bench worker_pos`.
 
 use std::hint::black_box;
 
