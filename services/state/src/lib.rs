@@ -21,14 +21,17 @@
 //! This crate depends on DataFusion but not on Kafka, HTTP or OPC UA, so its
 //! tests and benches build quickly.
 
+pub mod bgnbd;
 pub mod checkpoint;
 pub mod daily_sales;
 pub mod error;
+pub mod gamma_gamma;
 pub mod intern;
 pub mod inventory;
 pub mod line_twin;
 pub mod pos_state;
 pub mod record;
+pub mod rfm;
 pub mod snapshot;
 pub mod window;
 
