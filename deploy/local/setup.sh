@@ -6,7 +6,8 @@
 #  - the Tansu broker: `cargo install tansu --locked --features libsql,dynostore`
 #    into ~/.cargo/bin (about 12 minutes the first time);
 #  - C build tools for librdkafka (gcc, make, cmake is not needed);
-#  - the Python protocol peers of the tests (pymodbus, asyncua) in a venv at
+#  - the Python protocol peers of the tests (pymodbus, asyncua) and pyarrow
+#    (to read the Parquet test data sets) in a venv at
 #    $MARKTWIN_VENV (default ~/.cache/marktwin/venv), from
 #    tests/peers/requirements.txt.
 set -euo pipefail

