@@ -52,6 +52,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// The inventory twin: where stock lives and the stock-cover bounds.
     pub inventory: InventoryConfig,
+    /// Retailer profiles and grading.
+    pub profiles: ProfilesConfig,
     /// Board and API.
     pub board: BoardConfig,
 }
@@ -68,6 +70,7 @@ impl Default for Config {
             edge: EdgeConfig::default(),
             worker: WorkerConfig::default(),
             inventory: InventoryConfig::default(),
+            profiles: ProfilesConfig::default(),
             board: BoardConfig::default(),
         }
     }
@@ -522,6 +525,174 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Retailer profiles per order cycle, and the grading of retailers within
+/// their region (see `docs/profiles.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    /// Length of an order cycle in days (7: weekly cycles, starting on
+    /// Mondays).
+    pub cycle_days: u32,
+    /// Cycles a profile looks back over, the current one included.
+    pub window_cycles: u32,
+    /// Complete cycles the trend is fitted over.
+    pub trend_cycles: u32,
+    /// Ascending unit-price thresholds that split SKUs into price bands;
+    /// empty puts everything in one band.
+    pub price_bands: Vec<f64>,
+    /// Brand of each SKU code; a SKU not listed has brand `unknown`.
+    pub brands: BTreeMap<String, String>,
+    /// The brands this company owns; every other known brand is a
+    /// competitor's.
+    pub own_brands: Vec<String>,
+    /// Which lines grading ranks by: `orders` (allocation orders, what the
+    /// manufacturer ships) or `pos` (what the retailer sells).
+    pub grade_source: String,
+    /// Number of grades per region (the top grade is this number).
+    pub grades: u32,
+    /// Cycles of sales, the current one included, that grading ranks by.
+    pub grade_cycles: u32,
+    /// A trend at least this large (growth per cycle, relative to the
+    /// mean) classes a retailer as potential.
+    pub potential_trend: f64,
+    /// Fewer SKUs than this share of the region's median classes a
+    /// retailer as potential (under-served).
+    pub underserved_ratio: f64,
+    /// Rules that mark key customers; any matching rule does, and its
+    /// name is stored as the reason.
+    pub key_rules: Vec<KeyRule>,
+}
+
+/// Profile fields a [`Condition`] can test.
+pub const PROFILE_FIELDS: [&str; 12] = [
+    "grade",
+    "qty_per_cycle",
+    "amount_per_order",
+    "orders_per_cycle",
+    "order_gap_days",
+    "order_gap_cv",
+    "sku_count",
+    "sku_hhi",
+    "top_brand_share",
+    "competitor_share",
+    "trend",
+    "rolling_sales",
+];
+
+/// A named rule marking key customers: all its conditions hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRule {
+    /// Shown as the reason next to the mark.
+    pub name: String,
+    /// Conditions that must all hold.
+    pub all: Vec<Condition>,
+}
+
+/// A bound on one profile field (one of [`PROFILE_FIELDS`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The field.
+    pub field: String,
+    /// Inclusive lower bound.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Inclusive upper bound.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        ProfilesConfig {
+            cycle_days: 7,
+            window_cycles: 13,
+            trend_cycles: 8,
+            price_bands: Vec::new(),
+            brands: BTreeMap::new(),
+            own_brands: Vec::new(),
+            grade_source: "orders".into(),
+            grades: 30,
+            grade_cycles: 4,
+            potential_trend: 0.02,
+            underserved_ratio: 0.75,
+            key_rules: vec![KeyRule {
+                name: "top grades".into(),
+                all: vec![Condition {
+                    field: "grade".into(),
+                    min: Some(28.0),
+                    max: None,
+                }],
+            }],
+        }
+    }
+}
+
+impl ProfilesConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |field: &str, message: &str| Err(Error::invalid(field, message));
+        for (field, v) in [
+            ("profiles.cycle_days", self.cycle_days),
+            ("profiles.window_cycles", self.window_cycles),
+            ("profiles.trend_cycles", self.trend_cycles),
+            ("profiles.grades", self.grades),
+            ("profiles.grade_cycles", self.grade_cycles),
+        ] {
+            if v == 0 {
+                return bad(field, "must be at least 1");
+            }
+        }
+        if self.trend_cycles < 2 || self.trend_cycles >= self.window_cycles {
+            return bad(
+                "profiles.trend_cycles",
+                "must be at least 2 and less than profiles.window_cycles",
+            );
+        }
+        if self.grade_cycles > self.window_cycles {
+            return bad(
+                "profiles.grade_cycles",
+                "must be at most profiles.window_cycles",
+            );
+        }
+        if !self.price_bands.windows(2).all(|w| w[0] < w[1])
+            || !self.price_bands.iter().all(|p| p.is_finite())
+        {
+            return bad(
+                "profiles.price_bands",
+                "must be finite and strictly ascending",
+            );
+        }
+        if !["orders", "pos"].contains(&self.grade_source.as_str()) {
+            return bad("profiles.grade_source", "must be `orders` or `pos`");
+        }
+        if !(self.potential_trend.is_finite() && self.potential_trend > 0.0) {
+            return bad("profiles.potential_trend", "must be above 0");
+        }
+        if !(0.0..=1.0).contains(&self.underserved_ratio) {
+            return bad("profiles.underserved_ratio", "must be between 0 and 1");
+        }
+        for (i, rule) in self.key_rules.iter().enumerate() {
+            if rule.all.is_empty() {
+                return bad(&format!("profiles.key_rules[{i}].all"), "needs a condition");
+            }
+            for (j, c) in rule.all.iter().enumerate() {
+                let at = format!("profiles.key_rules[{i}].all[{j}]");
+                if !PROFILE_FIELDS.contains(&c.field.as_str()) {
+                    return Err(Error::invalid(
+                        format!("{at}.field"),
+                        format!("`{}` is not one of {}", c.field, PROFILE_FIELDS.join(", ")),
+                    ));
+                }
+                if c.min.is_none() && c.max.is_none() {
+                    return bad(&at, "needs `min`, `max` or both");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The inventory twin: stock per warehouse and SKU, stock cover per stock
 /// region and SKU. Read by the edge (which writes every stock-moving record
 /// a second time, keyed by stock region, to the `stock` topic) and by the
@@ -664,6 +835,7 @@ impl Config {
         }
         self.edge.modbus.validate()?;
         self.edge.opcua.validate()?;
+        self.profiles.validate()?;
         let sp = &self.edge.spool;
         if !["always", "interval", "never"].contains(&sp.fsync.as_str()) {
             return Err(bad(
@@ -937,6 +1109,42 @@ mod tests {
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
         assert!(Config::default().embedded_broker());
+    }
+
+    #[test]
+    fn profile_key_rules_are_read_and_a_bad_field_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "m.toml",
+                r#"
+                [profiles]
+                price_bands = [20.0, 50.0]
+                own_brands = ["Ours"]
+                [[profiles.key_rules]]
+                name = "big and broad"
+                all = [{ field = "rolling_sales", min = 1000.0 }, { field = "sku_count", min = 20 }]
+                "#,
+            )?;
+            let cfg = Config::load(Some(Path::new("m.toml"))).expect("load");
+            assert_eq!(cfg.profiles.key_rules[0].all[1].min, Some(20.0));
+            assert_eq!(cfg.profiles.grades, 30);
+            jail.create_file(
+                "bad.toml",
+                r#"
+                [[profiles.key_rules]]
+                name = "typo"
+                all = [{ field = "sales", min = 1.0 }]
+                "#,
+            )?;
+            let e = Config::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("profiles.key_rules[0].all[0].field") && e.contains("rolling_sales"),
+                "{e}"
+            );
+            Ok(())
+        });
     }
 
     /// Layer order: defaults < file < environment.

@@ -89,8 +89,14 @@ fn quintile(sorted: &[f64], v: f64) -> u8 {
     if sorted.is_empty() {
         return 3;
     }
-    let below = sorted.partition_point(|x| *x < v);
-    (1 + 5 * below / sorted.len()).min(5) as u8
+    tile(sorted, v, 5) as u8
+}
+
+/// One more than the number of `k`-ths of `sorted` (ascending, not empty)
+/// strictly below `v`: 1..=k, equal values in one tile.
+pub fn tile(sorted: &[f64], v: f64, k: u32) -> u32 {
+    let below = sorted.partition_point(|x| *x < v) as u64;
+    (1 + u64::from(k) * below / sorted.len().max(1) as u64).min(u64::from(k)) as u32
 }
 
 /// A segment rule: inclusive score ranges per dimension.

@@ -1,0 +1,489 @@
+//! Retailer profiles per order cycle, from allocation orders and POS.
+//!
+//! Lines are kept by natural key (order and line number, per retailer and
+//! source) for the profile window, so a line sent again changes nothing and
+//! a corrected one replaces its earlier version: a profile depends on which
+//! lines arrived, never on their order. Lines older than the window are
+//! forgotten by [`RetailerProfiles::evict`].
+//!
+//! # Figures (per retailer and source, over the window)
+//!
+//! The window is the `window_cycles` cycles up to the current one, the
+//! cycle of the newest line the state has seen (event time, so a silent
+//! retailer's figures fall as the others move on). Cycles are
+//! `cycle_days` long, counted from Monday 1970-01-05.
+//!
+//! - `qty_per_cycle`, `orders_per_cycle`: totals over the cycles since the
+//!   retailer's first line, at most the window;
+//! - `amount_per_order`: amount over distinct orders;
+//! - `order_gap_days`, `order_gap_cv`: mean and coefficient of variation of
+//!   the gaps between distinct order days (the cycle the retailer really
+//!   keeps, and how regular it is; 0 when fewer than two gaps);
+//! - `sku_count`, `sku_hhi`: distinct SKUs, and the Herfindahl index of
+//!   their quantity shares (1 = a single SKU);
+//! - `top_brand`, `top_brand_share`, `competitor_share`: quantity shares by
+//!   brand (`profiles.brands`); competitor share is the share of known
+//!   brands not in `profiles.own_brands`;
+//! - `trend`: least-squares slope of quantity over the last `trend_cycles`
+//!   complete cycles, divided by their mean (growth per cycle; 0 without
+//!   sales);
+//! - `rolling_sales`: amount over the last `grade_cycles` cycles, the
+//!   current one included, which grading ranks by.
+//!
+//! The mix by brand and by price band (`profiles.price_bands` on the unit
+//! price, amount / quantity) is a second table, one row per share.
+
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use marktwin_core::config::ProfilesConfig;
+
+use crate::intern::Interner;
+
+/// Where a line comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// An allocation order line (what the retailer buys from us).
+    Orders,
+    /// A POS line (what the retailer sells).
+    Pos,
+}
+
+impl Source {
+    /// The name in tables and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Orders => "orders",
+            Source::Pos => "pos",
+        }
+    }
+}
+
+/// One order or POS line, as the profile needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line<'a> {
+    /// Retailer (store) id.
+    pub retailer: &'a str,
+    /// Orders or POS.
+    pub source: Source,
+    /// Order (or receipt) id.
+    pub order: &'a str,
+    /// Line number within the order.
+    pub line_no: u32,
+    /// Day of the order, days since 1970-01-01.
+    pub day: i32,
+    /// SKU code.
+    pub sku: &'a str,
+    /// Quantity, in the reporting unit.
+    pub quantity: f64,
+    /// Amount.
+    pub amount: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Kept {
+    day: i32,
+    sku: u32,
+    quantity: f64,
+    amount: f64,
+}
+
+/// The lines of one retailer and source.
+#[derive(Clone, Debug, Default)]
+struct Book {
+    lines: HashMap<(Arc<str>, u32), Kept>,
+    first_day: i32,
+}
+
+/// One retailer's profile for one source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    /// Retailer id.
+    pub retailer: String,
+    /// Orders or POS.
+    pub source: Source,
+    /// First day of the current cycle (days since 1970-01-01).
+    pub cycle_start_day: i32,
+    /// Cycles the figures are over.
+    pub cycles: u32,
+    /// Quantity per cycle.
+    pub qty_per_cycle: f64,
+    /// Amount per distinct order.
+    pub amount_per_order: f64,
+    /// Distinct orders per cycle.
+    pub orders_per_cycle: f64,
+    /// Mean days between distinct order days.
+    pub order_gap_days: f64,
+    /// Coefficient of variation of those gaps.
+    pub order_gap_cv: f64,
+    /// Distinct SKUs.
+    pub sku_count: u32,
+    /// Herfindahl index of SKU quantity shares.
+    pub sku_hhi: f64,
+    /// Brand with the largest quantity share.
+    pub top_brand: String,
+    /// Its share.
+    pub top_brand_share: f64,
+    /// Share of known brands that are not ours.
+    pub competitor_share: f64,
+    /// Growth per cycle over the trend cycles.
+    pub trend: f64,
+    /// Amount over the grading cycles.
+    pub rolling_sales: f64,
+    /// Quantity shares by brand, largest first.
+    pub brand_mix: Vec<(String, f64)>,
+    /// Quantity shares by price band, in band order.
+    pub band_mix: Vec<(String, f64)>,
+}
+
+/// Profiles of the retailers of one partition.
+#[derive(Clone, Debug)]
+pub struct RetailerProfiles {
+    cfg: Arc<ProfilesConfig>,
+    skus: Interner,
+    retailers: Interner,
+    books: HashMap<(u32, Source), Book>,
+    newest_day: Option<i32>,
+}
+
+/// Days from 1970-01-01 (a Thursday) to the first Monday.
+const MONDAY: i32 = 4;
+
+impl RetailerProfiles {
+    /// Empty.
+    pub fn new(cfg: Arc<ProfilesConfig>) -> Self {
+        RetailerProfiles {
+            cfg,
+            skus: Interner::default(),
+            retailers: Interner::default(),
+            books: HashMap::new(),
+            newest_day: None,
+        }
+    }
+
+    /// The cycle a day falls in.
+    pub fn cycle_of(&self, day: i32) -> i32 {
+        (day - MONDAY).div_euclid(self.cfg.cycle_days as i32)
+    }
+
+    /// Keeps a line (replacing an earlier line with its key); false when
+    /// it is older than the window, which it can no longer change.
+    pub fn add(&mut self, l: &Line<'_>) -> bool {
+        if let Some(newest) = self.newest_day
+            && self.cycle_of(l.day) <= self.cycle_of(newest) - self.cfg.window_cycles as i32
+        {
+            return false;
+        }
+        self.newest_day = Some(self.newest_day.map_or(l.day, |d| d.max(l.day)));
+        let sku = self.skus.id(l.sku);
+        let retailer = self.retailers.id(l.retailer);
+        let book = self
+            .books
+            .entry((retailer, l.source))
+            .or_insert_with(|| Book {
+                lines: HashMap::new(),
+                first_day: l.day,
+            });
+        book.first_day = book.first_day.min(l.day);
+        book.lines.insert(
+            (Arc::from(l.order), l.line_no),
+            Kept {
+                day: l.day,
+                sku,
+                quantity: l.quantity,
+                amount: l.amount,
+            },
+        );
+        true
+    }
+
+    /// Forgets lines older than the window.
+    pub fn evict(&mut self) {
+        let Some(newest) = self.newest_day else {
+            return;
+        };
+        let oldest = self.cycle_of(newest) - self.cfg.window_cycles as i32 + 1;
+        let days = self.cfg.cycle_days as i32;
+        let first_day = oldest * days + MONDAY;
+        for book in self.books.values_mut() {
+            book.lines.retain(|_, k| k.day >= first_day);
+        }
+    }
+
+    /// Lines held.
+    pub fn lines(&self) -> usize {
+        self.books.values().map(|b| b.lines.len()).sum()
+    }
+
+    /// Every retailer's profile, ordered by retailer and source.
+    pub fn profiles(&self) -> Vec<Profile> {
+        let mut keys: Vec<(&str, Source)> = self
+            .books
+            .keys()
+            .map(|(r, s)| (self.retailers.name(*r), *s))
+            .collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|(name, source)| {
+                let book = &self.books[&(
+                    self.retailers.id_of(name).expect("a known retailer"),
+                    source,
+                )];
+                self.profile_of(name, source, book)
+            })
+            .collect()
+    }
+
+    fn profile_of(&self, retailer: &str, source: Source, book: &Book) -> Profile {
+        let cfg = &self.cfg;
+        let now = self.cycle_of(self.newest_day.unwrap_or(0));
+        let window = cfg.window_cycles as i32;
+        let first = self.cycle_of(book.first_day).max(now - window + 1);
+        let cycles = (now - first + 1).max(1) as u32;
+
+        let mut per_cycle = vec![(0.0f64, 0.0f64); window as usize];
+        let mut orders: HashSet<&str> = HashSet::new();
+        let mut days: Vec<i32> = Vec::new();
+        let mut by_sku: HashMap<u32, f64> = HashMap::new();
+        let mut by_brand: HashMap<&str, f64> = HashMap::new();
+        let mut by_band = vec![0.0f64; cfg.price_bands.len() + 1];
+        let (mut qty, mut amount) = (0.0, 0.0);
+        for ((order, _), k) in &book.lines {
+            let c = self.cycle_of(k.day);
+            if c < now - window + 1 || c > now {
+                continue;
+            }
+            let slot = &mut per_cycle[(c - (now - window + 1)) as usize];
+            slot.0 += k.quantity;
+            slot.1 += k.amount;
+            qty += k.quantity;
+            amount += k.amount;
+            orders.insert(order);
+            days.push(k.day);
+            *by_sku.entry(k.sku).or_default() += k.quantity;
+            let sku = self.skus.name(k.sku);
+            let brand = cfg.brands.get(sku).map_or("unknown", String::as_str);
+            *by_brand.entry(brand).or_default() += k.quantity;
+            if k.quantity > 0.0 {
+                let price = k.amount / k.quantity;
+                let band = cfg.price_bands.partition_point(|t| *t <= price);
+                by_band[band] += k.quantity;
+            }
+        }
+        days.sort_unstable();
+        days.dedup();
+        let gaps: Vec<f64> = days.windows(2).map(|w| f64::from(w[1] - w[0])).collect();
+        let (gap_mean, gap_cv) = mean_cv(&gaps);
+        let share = |v: f64| if qty > 0.0 { v / qty } else { 0.0 };
+        let sku_hhi = by_sku.values().map(|v| share(*v).powi(2)).sum();
+        let mut brand_mix: Vec<(String, f64)> = by_brand
+            .iter()
+            .map(|(b, v)| ((*b).to_owned(), share(*v)))
+            .collect();
+        brand_mix.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let (top_brand, top_brand_share) = brand_mix.first().cloned().unwrap_or_default();
+        let (mut own, mut known) = (0.0, 0.0);
+        for (b, v) in &by_brand {
+            if *b != "unknown" {
+                known += v;
+                if cfg.own_brands.iter().any(|o| o == b) {
+                    own += v;
+                }
+            }
+        }
+        let competitor_share = if known > 0.0 { 1.0 - own / known } else { 0.0 };
+        let band_mix = by_band
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (band_label(&cfg.price_bands, i), share(*v)))
+            .collect();
+        // Trend over complete cycles: those before the current one, within
+        // the retailer's life.
+        let n_trend = (cfg.trend_cycles as i32).min(now - first);
+        let trend_qty: Vec<f64> = (now - n_trend..now)
+            .map(|c| per_cycle[(c - (now - window + 1)) as usize].0)
+            .collect();
+        let grade_from = now - cfg.grade_cycles as i32 + 1;
+        let rolling_sales = (grade_from.max(now - window + 1)..=now)
+            .map(|c| per_cycle[(c - (now - window + 1)) as usize].1)
+            .sum();
+        Profile {
+            retailer: retailer.to_owned(),
+            source,
+            cycle_start_day: now * cfg.cycle_days as i32 + MONDAY,
+            cycles,
+            qty_per_cycle: qty / f64::from(cycles),
+            amount_per_order: if orders.is_empty() {
+                0.0
+            } else {
+                amount / orders.len() as f64
+            },
+            orders_per_cycle: orders.len() as f64 / f64::from(cycles),
+            order_gap_days: gap_mean,
+            order_gap_cv: gap_cv,
+            sku_count: by_sku.len() as u32,
+            sku_hhi,
+            top_brand,
+            top_brand_share,
+            competitor_share,
+            trend: relative_slope(&trend_qty),
+            rolling_sales,
+            brand_mix,
+            band_mix,
+        }
+    }
+}
+
+/// The label of price band `i` of `thresholds`.
+fn band_label(thresholds: &[f64], i: usize) -> String {
+    match (i.checked_sub(1).map(|j| thresholds[j]), thresholds.get(i)) {
+        (None, None) => "all".to_owned(),
+        (None, Some(hi)) => format!("<{hi}"),
+        (Some(lo), Some(hi)) => format!("{lo}-{hi}"),
+        (Some(lo), None) => format!(">={lo}"),
+    }
+}
+
+/// Mean and coefficient of variation (0 for fewer than two values or a
+/// zero mean).
+fn mean_cv(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 || mean == 0.0 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt() / mean)
+}
+
+/// Least-squares slope of `y` against 0, 1, 2, … divided by the mean of
+/// `y`; 0 for fewer than two points or a zero mean.
+pub fn relative_slope(y: &[f64]) -> f64 {
+    let n = y.len() as f64;
+    if y.len() < 2 {
+        return 0.0;
+    }
+    let mean_y = y.iter().sum::<f64>() / n;
+    if mean_y == 0.0 {
+        return 0.0;
+    }
+    let mean_x = (n - 1.0) / 2.0;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, v) in y.iter().enumerate() {
+        let dx = i as f64 - mean_x;
+        sxy += dx * (v - mean_y);
+        sxx += dx * dx;
+    }
+    sxy / sxx / mean_y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Arc<ProfilesConfig> {
+        let mut c = ProfilesConfig {
+            price_bands: vec![5.0, 10.0],
+            own_brands: vec!["Ours".into()],
+            ..ProfilesConfig::default()
+        };
+        c.brands.insert("A".into(), "Ours".into());
+        c.brands.insert("B".into(), "Theirs".into());
+        Arc::new(c)
+    }
+
+    fn line<'a>(
+        order: &'a str,
+        line_no: u32,
+        day: i32,
+        sku: &'a str,
+        q: f64,
+        amount: f64,
+    ) -> Line<'a> {
+        Line {
+            retailer: "r1",
+            source: Source::Orders,
+            order,
+            line_no,
+            day,
+            sku,
+            quantity: q,
+            amount,
+        }
+    }
+
+    #[test]
+    fn a_weekly_retailer_profile() {
+        let mut p = RetailerProfiles::new(cfg());
+        // Mondays from 1970-01-05 (day 4): one order a week, growing; the
+        // last order's line 1 arrives twice.
+        for w in 0..10 {
+            let day = MONDAY + 7 * w;
+            let order = format!("o{w}");
+            let q = 10.0 + f64::from(w);
+            assert!(p.add(&line(&order, 1, day, "A", q, q * 4.0)));
+            assert!(p.add(&line(&order, 2, day, "B", 10.0, 120.0)));
+        }
+        assert!(p.add(&line("o9", 1, MONDAY + 63, "A", 19.0, 76.0)));
+        let got = p.profiles();
+        assert_eq!(got.len(), 1);
+        let r = &got[0];
+        assert_eq!(r.cycles, 10);
+        assert_eq!(r.cycle_start_day, MONDAY + 63);
+        // 10 + … + 19 of A and 10 × 10 of B over 10 cycles.
+        assert!((r.qty_per_cycle - 24.5).abs() < 1e-9, "{r:?}");
+        assert!((r.orders_per_cycle - 1.0).abs() < 1e-9);
+        assert!((r.order_gap_days - 7.0).abs() < 1e-9 && r.order_gap_cv == 0.0);
+        assert_eq!(r.sku_count, 2);
+        assert_eq!(r.top_brand, "Ours");
+        assert!((r.competitor_share - 100.0 / 245.0).abs() < 1e-9);
+        // Bands: A at 4 (<5), B at 12 (>=10).
+        assert_eq!(r.band_mix[0], ("<5".to_owned(), 145.0 / 245.0));
+        assert_eq!(r.band_mix[1].1, 0.0);
+        assert_eq!(r.band_mix[2].0, ">=10");
+        assert!(r.trend > 0.0);
+        // The last 4 cycles' amounts: A 16..19 × 4 + 4 × 120.
+        assert!((r.rolling_sales - (4.0 * 70.0 + 480.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_order_of_lines_does_not_matter_and_old_lines_are_refused() {
+        let lines: Vec<Line> = (0..20)
+            .map(|i| {
+                line(
+                    ["a", "b", "c"][i % 3],
+                    i as u32,
+                    MONDAY + 3 * i as i32,
+                    ["A", "B"][i % 2],
+                    1.0 + i as f64,
+                    10.0,
+                )
+            })
+            .collect();
+        let mut fwd = RetailerProfiles::new(cfg());
+        let mut back = RetailerProfiles::new(cfg());
+        for l in &lines {
+            fwd.add(l);
+        }
+        for l in lines.iter().rev() {
+            back.add(l);
+        }
+        assert_eq!(fwd.profiles(), back.profiles());
+        // 13 weekly cycles after the last line, an old line is refused.
+        let mut later = fwd.clone();
+        later.add(&line("z", 1, MONDAY + 3 * 19 + 7 * 13, "A", 1.0, 1.0));
+        assert!(!later.add(&line("y", 1, MONDAY, "A", 1.0, 1.0)));
+        later.evict();
+        assert_eq!(later.lines(), 1);
+    }
+
+    #[test]
+    fn relative_slope_of_a_line() {
+        assert!((relative_slope(&[10.0, 11.0, 12.0]) - 1.0 / 11.0).abs() < 1e-12);
+        assert_eq!(relative_slope(&[5.0]), 0.0);
+        assert_eq!(relative_slope(&[0.0, 0.0]), 0.0);
+    }
+}
