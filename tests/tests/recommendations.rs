@@ -6,8 +6,9 @@
 //! or more items, rank against the full catalogue), and prequentially
 //! (each basket scored before it is learned).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use marktwin_state::assortment::{Assortments, Proposal};
 use marktwin_state::recommend::{CoBought, Model};
 use marktwin_tests::{CjLine, Rng, complete_journey};
 
@@ -160,4 +161,72 @@ fn on_complete_journey_the_blend_beats_co_occurrence_and_popularity() {
     }
     online.report("prequential");
     online.assert_blend_wins(0.10);
+}
+
+#[test]
+fn on_complete_journey_similar_stores_propose_the_products_a_store_takes_on_next() {
+    // Stores as retailers: what each sold in weeks 1-48 is its assortment;
+    // the products it sells first in weeks 49+ are what it took on next.
+    let lines = complete_journey();
+    let mut stores: HashMap<u32, u32> = HashMap::new();
+    let mut products: HashMap<u32, u32> = HashMap::new();
+    let mut train = Vec::new();
+    let mut later: Vec<(u32, u32)> = Vec::new();
+    for l in &lines {
+        let next = stores.len() as u32;
+        let s = *stores.entry(l.store).or_insert(next);
+        let next = products.len() as u32;
+        let p = *products.entry(l.product).or_insert(next);
+        if l.week <= 48 {
+            train.push((s, p));
+        } else {
+            later.push((s, p));
+        }
+    }
+    let a = Assortments::new(train);
+    let mut new: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for (s, p) in later {
+        if (s as usize) < a.retailers() && !a.carries(s, p) {
+            new.entry(s).or_default().insert(p);
+        }
+    }
+    let started = std::time::Instant::now();
+    let proposals: Vec<(u32, Vec<Proposal>)> = (0..a.retailers() as u32)
+        .map(|s| (s, a.propose(s, 20, 10)))
+        .collect();
+    eprintln!(
+        "proposals for all {} stores refreshed in {:?}",
+        a.retailers(),
+        started.elapsed()
+    );
+    let (mut hits, mut hits_base, mut precision, mut precision_base, mut cases) =
+        (0, 0, 0.0, 0.0, 0);
+    for (s, p) in &proposals {
+        let Some(took) = new.get(s) else { continue };
+        cases += 1;
+        let good = p.iter().filter(|x| took.contains(&x.sku)).count();
+        let base = a.widespread_for(*s, 10);
+        let good_base = base.iter().filter(|x| took.contains(x)).count();
+        hits += u32::from(good > 0);
+        hits_base += u32::from(good_base > 0);
+        precision += good as f64 / 10.0;
+        precision_base += good_base as f64 / 10.0;
+        assert!(
+            p.iter().all(|x| !a.carries(*s, x.sku)),
+            "store {s}: proposed a product it carries"
+        );
+    }
+    let n = f64::from(cases);
+    eprintln!(
+        "{cases} stores took on new products: similar stores HitRate@10 {:.3} precision@10 {:.3}; most widely carried {:.3} / {:.3}",
+        f64::from(hits) / n,
+        precision / n,
+        f64::from(hits_base) / n,
+        precision_base / n
+    );
+    assert!(cases > 100, "{cases} stores");
+    assert!(
+        precision > precision_base,
+        "similar stores must beat the most widely carried"
+    );
 }

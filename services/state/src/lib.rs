@@ -21,6 +21,7 @@
 //! This crate depends on DataFusion but not on Kafka, HTTP or OPC UA, so its
 //! tests and benches build quickly.
 
+pub mod assortment;
 pub mod bgnbd;
 pub mod checkpoint;
 pub mod daily_sales;
