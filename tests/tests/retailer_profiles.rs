@@ -7,18 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chrono::NaiveDate;
 use marktwin_core::config::ProfilesConfig;
 use marktwin_state::grading::{self, Class, Graded};
 use marktwin_state::retailer_profile::{Line, RetailerProfiles, Source};
 use marktwin_tests::{CjLine, complete_journey};
-
-/// Days since 1970-01-01 of a `YYYY-MM-DD…` timestamp.
-fn day(ts: &str) -> i32 {
-    let d = NaiveDate::parse_from_str(&ts[..10], "%Y-%m-%d")
-        .unwrap_or_else(|e| panic!("timestamp `{ts}`: {e}"));
-    (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
-}
 
 /// Stores in three regions, so grading ranks within each.
 fn region(store: &str) -> String {
@@ -69,7 +61,7 @@ fn complete_journey_store_profiles_equal_a_batch_recomputation_and_grades_follow
             source: Source::Pos,
             order: &basket,
             line_no: *n,
-            day: day(&l.timestamp),
+            day: l.day(),
             sku: &sku,
             quantity: l.quantity,
             amount: l.sales_value,
@@ -82,12 +74,12 @@ fn complete_journey_store_profiles_equal_a_batch_recomputation_and_grades_follow
     );
 
     // The batch recomputation over the same window, from the raw lines.
-    let newest = lines.iter().map(|l| day(&l.timestamp)).max().unwrap();
+    let newest = lines.iter().map(|l| l.day()).max().unwrap();
     let cycle = |d: i32| (d - 4).div_euclid(7);
     let now = cycle(newest);
     let mut first: HashMap<u32, i32> = HashMap::new();
     for l in &lines {
-        let c = cycle(day(&l.timestamp));
+        let c = cycle(l.day());
         let e = first.entry(l.store).or_insert(c);
         *e = (*e).min(c);
     }
@@ -100,7 +92,7 @@ fn complete_journey_store_profiles_equal_a_batch_recomputation_and_grades_follow
     }
     let mut batch: BTreeMap<u32, Batch> = BTreeMap::new();
     for l in &lines {
-        let c = cycle(day(&l.timestamp));
+        let c = cycle(l.day());
         if c <= now - 13 {
             continue;
         }

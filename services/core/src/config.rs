@@ -537,8 +537,8 @@ pub struct ProfilesConfig {
     pub window_cycles: u32,
     /// Complete cycles the trend is fitted over.
     pub trend_cycles: u32,
-    /// Ascending unit-price thresholds that split SKUs into price bands;
-    /// empty puts everything in one band.
+    /// Ascending unit-price thresholds (at most 7) that split SKUs into
+    /// price bands; empty puts everything in one band.
     pub price_bands: Vec<f64>,
     /// Brand of each SKU code; a SKU not listed has brand `unknown`.
     pub brands: BTreeMap<String, String>,

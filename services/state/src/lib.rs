@@ -24,6 +24,7 @@
 pub mod assortment;
 pub mod bgnbd;
 pub mod checkpoint;
+pub mod consumer_profile;
 pub mod daily_sales;
 pub mod error;
 pub mod gamma_gamma;

@@ -335,7 +335,7 @@ impl RetailerProfiles {
 }
 
 /// The label of price band `i` of `thresholds`.
-fn band_label(thresholds: &[f64], i: usize) -> String {
+pub fn band_label(thresholds: &[f64], i: usize) -> String {
     match (i.checked_sub(1).map(|j| thresholds[j]), thresholds.get(i)) {
         (None, None) => "all".to_owned(),
         (None, Some(hi)) => format!("<{hi}"),
