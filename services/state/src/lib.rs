@@ -37,6 +37,7 @@ pub mod recommend;
 pub mod record;
 pub mod retailer_profile;
 pub mod rfm;
+pub mod sku_groups;
 pub mod snapshot;
 pub mod window;
 

@@ -201,6 +201,19 @@ impl CoBought {
             .flat_map(|h| h.iter().map(|(i, n)| (*i, *n)))
     }
 
+    /// The items bought together with `item`, and how many times.
+    pub fn partners(&self, item: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.together
+            .get(item as usize)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(i, n)| (*i, *n)))
+    }
+
+    /// The customers with a history.
+    pub fn customers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.history.keys().copied()
+    }
+
     /// Item pairs held, for the state-size metric.
     pub fn pairs(&self) -> usize {
         self.together.iter().map(HashMap::len).sum()
