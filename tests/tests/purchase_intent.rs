@@ -6,6 +6,7 @@
 use chrono::NaiveDate;
 use marktwin_state::bgnbd::{BgNbd, Summary};
 use marktwin_state::gamma_gamma::{GammaGamma, Spend};
+use marktwin_state::retention::{Activity, at_risk};
 use marktwin_state::rfm::{self, Breaks, Rfm, Segment};
 use std::collections::BTreeMap;
 
@@ -201,4 +202,85 @@ fn rfm_segments_on_cdnow_order_the_customers_future_purchases() {
     assert!(mean("Loyal") > mean("At Risk"));
     assert!(mean("At Risk") > mean("Lost"));
     assert!(mean("Champions") > 5.0 * mean("Lost"));
+}
+
+#[test]
+fn churn_risk_on_cdnow_separates_who_buys_again_and_cohorts_match_a_batch_count() {
+    // Weekly cycles from the first day of the data; the calibration ends
+    // in week 38 (1997-09-30).
+    let data = cdnow();
+    let start = data.values().flatten().map(|(d, _)| *d).min().unwrap();
+    let week = |d: i32| (d - start) / 7;
+    let now = week(calibration_end());
+    let mut act = Activity::new();
+    let mut customers: Vec<(u32, Vec<i32>)> = Vec::new();
+    for (id, p) in &data {
+        let id: u32 = id.parse().unwrap();
+        let weeks: Vec<i32> = p.iter().map(|(d, _)| week(*d)).collect();
+        for w in weeks.iter().filter(|w| **w <= now) {
+            act.mark(id, *w);
+        }
+        customers.push((id, weeks));
+    }
+    let m = act.fit(now).unwrap();
+    let risks = act.risks(&m, now, 39.0);
+    assert_eq!(risks.len(), 2_357);
+    // Who buys in the next 39 weeks, by risk at the end of the calibration.
+    let buys_again: std::collections::HashSet<u32> = customers
+        .iter()
+        .filter(|(_, w)| w.iter().any(|w| *w > now && *w <= now + 39))
+        .map(|(id, _)| *id)
+        .collect();
+    let share = |high: bool| {
+        let group: Vec<_> = risks.iter().filter(|r| (r.risk >= 0.5) == high).collect();
+        let again = group
+            .iter()
+            .filter(|r| buys_again.contains(&r.customer))
+            .count();
+        (group.len(), again as f64 / group.len() as f64)
+    };
+    let ((n_high, high), (n_low, low)) = (share(true), share(false));
+    eprintln!(
+        "churn risk on CDNOW (weekly BG/NBD {m:?}): {n_high} customers at risk >= 0.5, {:.1} % of them buy in the next 39 weeks; {n_low} below, {:.1} %",
+        100.0 * high,
+        100.0 * low
+    );
+    assert!(n_high > 100 && n_low > 100);
+    assert!(low > 2.0 * high, "risk separates: {low} vs {high}");
+    let list = at_risk(&risks, 0.5, |c| f64::from(c));
+    assert_eq!(list.len(), n_high);
+
+    // Cohorts of four weeks, against a count from the raw weeks.
+    let cohorts = act.cohorts(4, now);
+    for r in &cohorts {
+        let members: Vec<&Vec<i32>> = customers
+            .iter()
+            .map(|(_, w)| w)
+            .filter(|w| {
+                let first = *w.iter().min().unwrap();
+                first <= now && first / 4 * 4 == r.cohort
+            })
+            .collect();
+        let active = members
+            .iter()
+            .filter(|w| w.contains(&(r.cohort + r.age)))
+            .count();
+        assert_eq!(
+            (r.size as usize, r.active as usize),
+            (members.len(), active),
+            "{r:?}"
+        );
+    }
+    let ages: Vec<String> = cohorts
+        .iter()
+        .filter(|r| r.cohort == 0 && r.age % 8 == 0)
+        .map(|r| {
+            format!(
+                "week {}: {:.1} %",
+                r.age,
+                100.0 * f64::from(r.active) / f64::from(r.size)
+            )
+        })
+        .collect();
+    eprintln!("first cohort active: {}", ages.join(", "));
 }

@@ -130,6 +130,18 @@ impl BgNbd {
     }
 }
 
+impl BgNbd {
+    /// The probability that a customer with summary `s` makes no purchase
+    /// in the next `t` time units: dropped out already, or still active
+    /// and buying nothing in that time at its posterior purchase rate
+    /// (Gamma(`r` + x, `alpha` + age)).
+    pub fn p_no_purchase(&self, s: &Summary, t: f64) -> f64 {
+        let alive = self.p_alive(s);
+        let quiet = ((self.alpha + s.t) / (self.alpha + s.t + t)).powf(self.r + s.x);
+        (1.0 - alive) + alive * quiet
+    }
+}
+
 /// Gauss's hypergeometric function 2F1(a, b; c; z) for |z| < 1, by its
 /// series.
 fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> f64 {
