@@ -247,7 +247,7 @@ fn churn_risk_on_cdnow_separates_who_buys_again_and_cohorts_match_a_batch_count(
     );
     assert!(n_high > 100 && n_low > 100);
     assert!(low > 2.0 * high, "risk separates: {low} vs {high}");
-    let list = at_risk(&risks, 0.5, |c| f64::from(c));
+    let list = at_risk(&risks, 0.5, f64::from);
     assert_eq!(list.len(), n_high);
 
     // Cohorts of four weeks, against a count from the raw weeks.
