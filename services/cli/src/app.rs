@@ -34,8 +34,8 @@ use marktwin_state::SnapshotTable;
 use marktwin_state::checkpoint::CheckpointStore;
 use marktwin_worker::view::ViewMetrics;
 use marktwin_worker::{
-    InventoryOperator, Operator, PosOperator, Runner, Shared, TableDef, TwinOperator, View,
-    WorkerMetrics,
+    InventoryOperator, Operator, PosOperator, ProfilesOperator, Runner, Shared, TableDef,
+    TwinOperator, View, WorkerMetrics,
 };
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -323,17 +323,24 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
             metrics: WorkerMetrics::register(&registry)?,
             dead_letters: d,
             late: DeadLetterSink::late(&cfg, p.clone(), &registry)?,
-            producer: p,
+            // Its own producer, not idempotent: see `output_producer`.
+            producer: marktwin_kafka::output_producer(&cfg, &bootstrap)?,
             readiness: readiness.clone(),
             store: CheckpointStore::open(&cfg.worker.checkpoint.url, &cfg.data_dir)
                 .map_err(|e| Error::Config(format!("worker.checkpoint.url: {e}")))?,
         };
         let twin = TwinOperator::new(&cfg);
         let inventory = InventoryOperator::new(&cfg);
-        // The twins' tables come back through their topics, over all
-        // workers: one view per output topic.
+        let profiles = ProfilesOperator::new(&cfg);
+        // The twins' and profiles' tables come back through their topics,
+        // over all workers: one view per output topic.
         let mut by_topic: BTreeMap<&'static str, Vec<TableDef>> = BTreeMap::new();
-        for def in twin.tables().into_iter().chain(inventory.tables()) {
+        for def in twin
+            .tables()
+            .into_iter()
+            .chain(inventory.tables())
+            .chain(profiles.tables())
+        {
             if let Some(topic) = def.topic {
                 by_topic.entry(topic).or_default().push(def);
             }
@@ -364,7 +371,11 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
             &worker_stop,
         ));
         workers.push(spawn_runner(
-            Runner::new(&cfg, &bootstrap, inventory, shared),
+            Runner::new(&cfg, &bootstrap, inventory, shared.clone()),
+            &worker_stop,
+        ));
+        workers.push(spawn_runner(
+            Runner::new(&cfg, &bootstrap, profiles, shared),
             &worker_stop,
         ));
         for view in views {

@@ -552,6 +552,8 @@ pub struct ProfilesConfig {
     pub grades: u32,
     /// Cycles of sales, the current one included, that grading ranks by.
     pub grade_cycles: u32,
+    /// Churn risk is the probability of no order in this many cycles.
+    pub churn_horizon_cycles: u32,
     /// A trend at least this large (growth per cycle, relative to the
     /// mean) classes a retailer as potential.
     pub potential_trend: f64,
@@ -615,6 +617,7 @@ impl Default for ProfilesConfig {
             grade_source: "orders".into(),
             grades: 30,
             grade_cycles: 4,
+            churn_horizon_cycles: 4,
             potential_trend: 0.02,
             underserved_ratio: 0.75,
             key_rules: vec![KeyRule {
@@ -638,6 +641,7 @@ impl ProfilesConfig {
             ("profiles.trend_cycles", self.trend_cycles),
             ("profiles.grades", self.grades),
             ("profiles.grade_cycles", self.grade_cycles),
+            ("profiles.churn_horizon_cycles", self.churn_horizon_cycles),
         ] {
             if v == 0 {
                 return bad(field, "must be at least 1");

@@ -49,7 +49,7 @@ pub fn topic_schemas() -> Vec<(String, Value)> {
                 None if t.id == id::DEAD_LETTER || t.id == id::LATE => {
                     schema_of::<DeadLetter>("marktwin.v1 dead letter")
                 }
-                None if t.id == id::TWIN || t.id == id::ALERTS => {
+                None if [id::TWIN, id::ALERTS, id::PROFILES].contains(&t.id) => {
                     schema_of::<StateChange>("marktwin.v1 state change")
                 }
                 None if t.id == id::STOCK => schema_of::<StockRecord>("marktwin.v1 stock record"),

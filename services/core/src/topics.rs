@@ -92,6 +92,9 @@ pub mod id {
     pub const TWIN: &str = "twin";
     /// Alerts raised and cleared, the latest row per table and key.
     pub const ALERTS: &str = "alerts";
+    /// Customer profiles (retailer profiles, mix, cohorts), the latest row
+    /// per table and key.
+    pub const PROFILES: &str = "profiles";
     /// Every record that counts or moves stock (inventory counts,
     /// allocation orders, production), written again by the edge keyed by
     /// the warehouse's stock region, so the inventory twin finds all of a
@@ -190,6 +193,11 @@ pub fn topics() -> Vec<TopicSpec> {
         TopicSpec {
             id: id::ALERTS,
             name: "alerts",
+            ..twin.clone()
+        },
+        TopicSpec {
+            id: id::PROFILES,
+            name: "profiles",
             ..twin
         },
     ]

@@ -19,7 +19,7 @@ pub mod topics;
 
 pub use broker::EmbeddedBroker;
 pub use error::{Error, Result};
-pub use produce::{DeadLetterSink, produce_all, produce_keyed, producer};
+pub use produce::{DeadLetterSink, output_producer, produce_all, produce_keyed, producer};
 pub use topics::ensure_topics;
 
 use marktwin_core::Config;

@@ -29,6 +29,29 @@ pub fn producer(cfg: &Config, bootstrap: &str) -> Result<FutureProducer> {
     Ok(c.create()?)
 }
 
+/// A producer for the worker's outputs (changes to compacted topics):
+/// `acks=all` and one request in flight per connection, so records stay in
+/// order across retries, but not idempotent.
+///
+/// Why not idempotent: after a broker restart librdkafka bumps the epoch of
+/// an idempotent producer whose messages timed out, and Tansu 0.6 then
+/// panics in its storage task (`idempotent_message_check`: "more or less
+/// than one row"), which stops the whole broker. The outputs do not need
+/// it: each record is the latest row of its key, so one written twice
+/// changes nothing a reader sees.
+pub fn output_producer(cfg: &Config, bootstrap: &str) -> Result<FutureProducer> {
+    let mut c = crate::client_config(cfg, bootstrap);
+    for (k, v) in [("linger.ms", "5"), ("compression.type", "none")] {
+        if !cfg.kafka.client.contains_key(k) {
+            c.set(k, v);
+        }
+    }
+    c.set("enable.idempotence", "false")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "1");
+    Ok(c.create()?)
+}
+
 /// Sends every `(key, value)` to `topic` and waits until the broker has
 /// acknowledged all of them. When the local queue is full it waits for the
 /// records in flight and goes on. Any failed delivery fails the call: the

@@ -241,6 +241,8 @@ mod tests {
             competitor_share: 0.0,
             trend,
             rolling_sales: sales,
+            p_alive: 1.0,
+            churn_risk: 0.0,
             brand_mix: Vec::new(),
             band_mix: Vec::new(),
         }

@@ -36,6 +36,7 @@ pub mod pos_state;
 pub mod recommend;
 pub mod record;
 pub mod retailer_profile;
+pub mod retailer_state;
 pub mod retention;
 pub mod rfm;
 pub mod sku_groups;

@@ -147,12 +147,7 @@ mod tests {
         assert_eq!(s.apply(&rec("B")), Applied::DuplicateEvent);
         assert_eq!(s.applied(), 2);
         assert_eq!(s.sales().len(), 1);
-        let saved: Vec<(String, RecordBatch)> = s
-            .save()
-            .unwrap()
-            .into_iter()
-            .map(|(n, b)| (n.to_owned(), b))
-            .collect();
+        let saved = crate::record::owned(s.save().unwrap());
         let mut back = PosState::restore(UnitsConfig::default(), 0, 100, &saved).unwrap();
         assert_eq!(back.applied(), 2);
         assert_eq!(

@@ -108,6 +108,12 @@ impl RecentIds {
     }
 }
 
+/// Checkpoint tables with owned names, as a restore receives them.
+#[cfg(test)]
+pub(crate) fn owned(tables: Vec<(&'static str, RecordBatch)>) -> Vec<(String, RecordBatch)> {
+    tables.into_iter().map(|(n, b)| (n.to_owned(), b)).collect()
+}
+
 /// A checkpoint table from named columns.
 pub(crate) fn ck(
     table: &'static str,

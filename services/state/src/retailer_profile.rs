@@ -38,7 +38,9 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use marktwin_core::config::ProfilesConfig;
 
+use crate::bgnbd::BgNbd;
 use crate::intern::Interner;
+use crate::retention::{Activity, Retention};
 
 /// Where a line comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,6 +82,19 @@ pub struct Line<'a> {
     pub amount: f64,
 }
 
+/// A kept line as saved in a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SavedLine<'a> {
+    /// Day, days since 1970-01-01.
+    pub day: i32,
+    /// SKU code.
+    pub sku: &'a str,
+    /// Quantity.
+    pub quantity: f64,
+    /// Amount.
+    pub amount: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Kept {
     day: i32,
@@ -93,6 +108,19 @@ struct Kept {
 struct Book {
     lines: HashMap<(Arc<str>, u32), Kept>,
     first_day: i32,
+}
+
+/// What [`RetailerProfiles::add`] did with a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    /// A line not seen before.
+    New,
+    /// It replaced a different line with its key (a correction).
+    Replaced,
+    /// The same line again: nothing changed.
+    Same,
+    /// Older than the window: refused.
+    TooOld,
 }
 
 /// One retailer's profile for one source.
@@ -130,6 +158,12 @@ pub struct Profile {
     pub trend: f64,
     /// Amount over the grading cycles.
     pub rolling_sales: f64,
+    /// Probability that the retailer is still active (BG/NBD over its
+    /// active cycles; NaN before the first fit).
+    pub p_alive: f64,
+    /// Probability of no order in the next `profiles.churn_horizon_cycles`
+    /// cycles (NaN before the first fit).
+    pub churn_risk: f64,
     /// Quantity shares by brand, largest first.
     pub brand_mix: Vec<(String, f64)>,
     /// Quantity shares by price band, in band order.
@@ -144,6 +178,10 @@ pub struct RetailerProfiles {
     retailers: Interner,
     books: HashMap<(u32, Source), Book>,
     newest_day: Option<i32>,
+    /// Active cycles per retailer, of the grading source's lines.
+    activity: Activity,
+    /// BG/NBD on the activity, and the cycle it was fitted at.
+    fitted: Option<(i32, BgNbd)>,
 }
 
 /// Days from 1970-01-01 (a Thursday) to the first Monday.
@@ -158,6 +196,8 @@ impl RetailerProfiles {
             retailers: Interner::default(),
             books: HashMap::new(),
             newest_day: None,
+            activity: Activity::new(),
+            fitted: None,
         }
     }
 
@@ -166,13 +206,18 @@ impl RetailerProfiles {
         (day - MONDAY).div_euclid(self.cfg.cycle_days as i32)
     }
 
-    /// Keeps a line (replacing an earlier line with its key); false when
-    /// it is older than the window, which it can no longer change.
-    pub fn add(&mut self, l: &Line<'_>) -> bool {
+    /// The first day of a cycle.
+    pub fn cycle_start(&self, cycle: i32) -> i32 {
+        cycle * self.cfg.cycle_days as i32 + MONDAY
+    }
+
+    /// Keeps a line, replacing an earlier line with its key; a line older
+    /// than the window can no longer change anything and is refused.
+    pub fn add(&mut self, l: &Line<'_>) -> Added {
         if let Some(newest) = self.newest_day
             && self.cycle_of(l.day) <= self.cycle_of(newest) - self.cfg.window_cycles as i32
         {
-            return false;
+            return Added::TooOld;
         }
         self.newest_day = Some(self.newest_day.map_or(l.day, |d| d.max(l.day)));
         let sku = self.skus.id(l.sku);
@@ -185,23 +230,34 @@ impl RetailerProfiles {
                 first_day: l.day,
             });
         book.first_day = book.first_day.min(l.day);
-        book.lines.insert(
-            (Arc::from(l.order), l.line_no),
-            Kept {
-                day: l.day,
-                sku,
-                quantity: l.quantity,
-                amount: l.amount,
-            },
-        );
-        true
+        let kept = Kept {
+            day: l.day,
+            sku,
+            quantity: l.quantity,
+            amount: l.amount,
+        };
+        let added = match book.lines.insert((Arc::from(l.order), l.line_no), kept) {
+            None => Added::New,
+            Some(old) if old == kept => Added::Same,
+            Some(_) => Added::Replaced,
+        };
+        if l.source.as_str() == self.cfg.grade_source {
+            let cycle = self.cycle_of(l.day);
+            self.activity.mark(retailer, cycle);
+        }
+        added
     }
 
-    /// Forgets lines older than the window.
+    /// Forgets lines older than the window, and refits the churn model
+    /// when a new cycle began since the last fit.
     pub fn evict(&mut self) {
         let Some(newest) = self.newest_day else {
             return;
         };
+        let now = self.cycle_of(newest);
+        if self.fitted.is_none_or(|(at, _)| at != now) {
+            self.fitted = self.activity.fit(now).map(|m| (now, m));
+        }
         let oldest = self.cycle_of(newest) - self.cfg.window_cycles as i32 + 1;
         let days = self.cfg.cycle_days as i32;
         let first_day = oldest * days + MONDAY;
@@ -232,6 +288,121 @@ impl RetailerProfiles {
                 self.profile_of(name, source, book)
             })
             .collect()
+    }
+
+    /// Retention of the retailers by cohort of `cohort_cycles` cycles, up
+    /// to the current cycle.
+    pub fn cohorts(&self, cohort_cycles: i32) -> Vec<Retention> {
+        match self.newest_day {
+            Some(d) => self.activity.cohorts(cohort_cycles, self.cycle_of(d)),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every kept line, for a checkpoint: (retailer, source, order, line
+    /// number, line), ordered by retailer, source, order and line.
+    pub fn saved_lines(&self) -> Vec<(&str, Source, &str, u32, SavedLine<'_>)> {
+        let mut out = Vec::with_capacity(self.lines());
+        for ((r, src), book) in &self.books {
+            for ((order, no), k) in &book.lines {
+                out.push((
+                    self.retailers.name(*r),
+                    *src,
+                    &**order,
+                    *no,
+                    SavedLine {
+                        day: k.day,
+                        sku: self.skus.name(k.sku),
+                        quantity: k.quantity,
+                        amount: k.amount,
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
+        out
+    }
+
+    /// The first day of each retailer and source, for a checkpoint.
+    pub fn saved_firsts(&self) -> Vec<(&str, Source, i32)> {
+        let mut firsts: Vec<(&str, Source, i32)> = self
+            .books
+            .iter()
+            .map(|((r, s), b)| (self.retailers.name(*r), *s, b.first_day))
+            .collect();
+        firsts.sort();
+        firsts
+    }
+
+    /// Each retailer's active cycles up to the current one, ordered.
+    pub fn active_cycles(&self) -> Vec<(&str, i32)> {
+        let now = self.newest_day.map_or(i32::MIN, |d| self.cycle_of(d));
+        let mut active: Vec<(&str, i32)> = self
+            .activity
+            .cycles(now)
+            .into_iter()
+            .map(|(r, c)| (self.retailers.name(r), c))
+            .collect();
+        active.sort();
+        active
+    }
+
+    /// Restores what [`Self::saved_lines`], [`Self::saved_firsts`] and
+    /// [`Self::active_cycles`] gave.
+    pub fn restore_from(
+        &mut self,
+        lines: impl IntoIterator<Item = (String, Source, String, u32, i32, String, f64, f64)>,
+        firsts: impl IntoIterator<Item = (String, Source, i32)>,
+        active: impl IntoIterator<Item = (String, i32)>,
+    ) {
+        for (retailer, source, order, line_no, day, sku, quantity, amount) in lines {
+            // Activity comes from its own table, not again from the lines.
+            let r = self.retailers.id(&retailer);
+            let sku = self.skus.id(&sku);
+            self.newest_day = Some(self.newest_day.map_or(day, |d| d.max(day)));
+            self.books
+                .entry((r, source))
+                .or_insert_with(|| Book {
+                    lines: HashMap::new(),
+                    first_day: day,
+                })
+                .lines
+                .insert(
+                    (Arc::from(order.as_str()), line_no),
+                    Kept {
+                        day,
+                        sku,
+                        quantity,
+                        amount,
+                    },
+                );
+        }
+        for (retailer, source, first) in firsts {
+            let r = self.retailers.id(&retailer);
+            self.books
+                .entry((r, source))
+                .or_insert_with(|| Book {
+                    lines: HashMap::new(),
+                    first_day: first,
+                })
+                .first_day = first;
+        }
+        for (retailer, cycle) in active {
+            let r = self.retailers.id(&retailer);
+            self.activity.mark(r, cycle);
+        }
+    }
+
+    /// The newest day seen.
+    pub fn newest_day(&self) -> Option<i32> {
+        self.newest_day
+    }
+
+    /// Sets the newest day (from a checkpoint).
+    pub fn set_newest_day(&mut self, day: Option<i32>) {
+        if let Some(d) = day {
+            self.newest_day = Some(self.newest_day.map_or(d, |n| n.max(d)));
+        }
     }
 
     fn profile_of(&self, retailer: &str, source: Source, book: &Book) -> Profile {
@@ -303,6 +474,18 @@ impl RetailerProfiles {
         let trend_qty: Vec<f64> = (now - n_trend..now)
             .map(|c| per_cycle[(c - (now - window + 1)) as usize].0)
             .collect();
+        let (p_alive, churn_risk) = match (
+            self.fitted,
+            self.retailers
+                .id_of(retailer)
+                .and_then(|r| self.activity.summary(r, now)),
+        ) {
+            (Some((_, m)), Some(s)) => (
+                m.p_alive(&s),
+                m.p_no_purchase(&s, f64::from(cfg.churn_horizon_cycles)),
+            ),
+            _ => (f64::NAN, f64::NAN),
+        };
         let grade_from = now - cfg.grade_cycles as i32 + 1;
         let rolling_sales = (grade_from.max(now - window + 1)..=now)
             .map(|c| per_cycle[(c - (now - window + 1)) as usize].1)
@@ -310,7 +493,7 @@ impl RetailerProfiles {
         Profile {
             retailer: retailer.to_owned(),
             source,
-            cycle_start_day: now * cfg.cycle_days as i32 + MONDAY,
+            cycle_start_day: self.cycle_start(now),
             cycles,
             qty_per_cycle: qty / f64::from(cycles),
             amount_per_order: if orders.is_empty() {
@@ -328,6 +511,8 @@ impl RetailerProfiles {
             competitor_share,
             trend: relative_slope(&trend_qty),
             rolling_sales,
+            p_alive,
+            churn_risk,
             brand_mix,
             band_mix,
         }
@@ -424,10 +609,17 @@ mod tests {
             let day = MONDAY + 7 * w;
             let order = format!("o{w}");
             let q = 10.0 + f64::from(w);
-            assert!(p.add(&line(&order, 1, day, "A", q, q * 4.0)));
-            assert!(p.add(&line(&order, 2, day, "B", 10.0, 120.0)));
+            assert_eq!(p.add(&line(&order, 1, day, "A", q, q * 4.0)), Added::New);
+            assert_eq!(p.add(&line(&order, 2, day, "B", 10.0, 120.0)), Added::New);
         }
-        assert!(p.add(&line("o9", 1, MONDAY + 63, "A", 19.0, 76.0)));
+        assert_eq!(
+            p.add(&line("o9", 1, MONDAY + 63, "A", 19.0, 76.0)),
+            Added::Same
+        );
+        assert_eq!(
+            p.add(&line("o9", 2, MONDAY + 63, "B", 10.0, 120.0)),
+            Added::Same
+        );
         let got = p.profiles();
         assert_eq!(got.len(), 1);
         let r = &got[0];
@@ -471,11 +663,17 @@ mod tests {
         for l in lines.iter().rev() {
             back.add(l);
         }
+        fwd.evict();
+        back.evict();
+        assert!(fwd.profiles()[0].churn_risk.is_finite());
         assert_eq!(fwd.profiles(), back.profiles());
         // 13 weekly cycles after the last line, an old line is refused.
         let mut later = fwd.clone();
         later.add(&line("z", 1, MONDAY + 3 * 19 + 7 * 13, "A", 1.0, 1.0));
-        assert!(!later.add(&line("y", 1, MONDAY, "A", 1.0, 1.0)));
+        assert_eq!(
+            later.add(&line("y", 1, MONDAY, "A", 1.0, 1.0)),
+            Added::TooOld
+        );
         later.evict();
         assert_eq!(later.lines(), 1);
     }

@@ -131,6 +131,19 @@ impl Activity {
         self.customers.is_empty()
     }
 
+    /// Every (customer, active cycle) up to `now`, for a checkpoint.
+    pub fn cycles(&self, now: i32) -> Vec<(u32, i32)> {
+        let mut out = Vec::new();
+        for (c, a) in &self.customers {
+            for cycle in a.first..=now.min(a.first + 64 * a.bits.len() as i32 - 1) {
+                if a.active(cycle) {
+                    out.push((*c, cycle));
+                }
+            }
+        }
+        out
+    }
+
     /// Retention per cohort (first cycles grouped by `cohort_cycles`,
     /// named by the group's first cycle) and age, up to cycle `now`,
     /// ordered by cohort and age.

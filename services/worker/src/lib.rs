@@ -48,7 +48,9 @@ pub use changes::TableDef;
 use changes::{Sent, Wire, table_of};
 pub use error::{Error, Result};
 use group::{Move, Moves, OwnerContext, load_checkpoint};
-pub use operator::{InventoryOperator, Operator, PartitionState, PosOperator, TwinOperator};
+pub use operator::{
+    InventoryOperator, Operator, PartitionState, PosOperator, ProfilesOperator, TwinOperator,
+};
 pub use view::View;
 
 /// The worker's metrics.
@@ -253,7 +255,7 @@ pub struct Shared {
     pub readiness: Readiness,
     /// Where checkpoints go.
     pub store: CheckpointStore,
-    /// Producer for output topics.
+    /// Producer for output topics ([`marktwin_kafka::output_producer`]).
     pub producer: FutureProducer,
 }
 

