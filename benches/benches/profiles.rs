@@ -20,24 +20,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use marktwin_benches::{child, cpu_secs, env_num, field};
+use marktwin_benches::{child, cpu_secs, env_num, field, rss_mib};
 use marktwin_core::config::ProfilesConfig;
 use marktwin_state::assortment::Assortments;
 use marktwin_state::consumer_profile::{ConsumerLine, ConsumerProfiles};
 use marktwin_state::grading;
 use marktwin_state::recommend::CoBought;
 use marktwin_state::retailer_profile::{Line, RetailerProfiles, Source};
-
-/// Resident memory of this process now, MiB.
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
 
 /// Synthetic consumer lines: `n` consumers, 12 lines each over 6 baskets,
 /// 3 of 40 SKUs per consumer, in time order.
@@ -169,7 +158,10 @@ fn main() {
         }
         black_box((by_store, by_household));
     });
-    println!("{:<44} {:>12.0}", "baseline: a sum per store and household", base);
+    println!(
+        "{:<44} {:>12.0}",
+        "baseline: a sum per store and household", base
+    );
     let mut retailers = RetailerProfiles::new(cfg.clone());
     let mut line_no: HashMap<u64, u32> = HashMap::new();
     let (r, _) = rate(n, || {
@@ -188,7 +180,12 @@ fn main() {
             });
         }
     });
-    println!("{:<44} {:>12.0}  ({:.0} % of baseline)", "retailer profiles", r, 100.0 * r / base);
+    println!(
+        "{:<44} {:>12.0}  ({:.0} % of baseline)",
+        "retailer profiles",
+        r,
+        100.0 * r / base
+    );
     let mut consumers = ConsumerProfiles::new(cfg.clone());
     let (c, _) = rate(n, || {
         for (l, t) in lines.iter().zip(&text) {
@@ -203,7 +200,12 @@ fn main() {
             });
         }
     });
-    println!("{:<44} {:>12.0}  ({:.0} % of baseline)", "consumer profiles", c, 100.0 * c / base);
+    println!(
+        "{:<44} {:>12.0}  ({:.0} % of baseline)",
+        "consumer profiles",
+        c,
+        100.0 * c / base
+    );
     let mut dense: HashMap<u32, u32> = HashMap::new();
     let mut co = CoBought::new(1_000);
     let (k, _) = rate(n, || {
@@ -248,7 +250,9 @@ fn main() {
         })
         .collect();
     let a = Assortments::new(pairs);
-    let proposals: usize = (0..a.retailers() as u32).map(|s| a.propose(s, 20, 10).len()).sum();
+    let proposals: usize = (0..a.retailers() as u32)
+        .map(|s| a.propose(s, 20, 10).len())
+        .sum();
     println!(
         "{:<44} {:>9.3} s  ({} retailers, {proposals} proposals)",
         "SKU proposals for every retailer",
@@ -267,10 +271,15 @@ fn main() {
     black_box(rows);
 
     let n_consumers = env_num("CONSUMERS", 1_000_000);
-    println!("\nMemory for {n_consumers} synthetic consumers (12 lines, 6 baskets, 3 SKUs each), own process each");
+    println!(
+        "\nMemory for {n_consumers} synthetic consumers (12 lines, 6 baskets, 3 SKUs each), own process each"
+    );
     let ours = child("memory_ours", &[]);
     let exact = child("memory_exact", &[]);
-    for (name, f) in [("exact per-consumer maps (baseline)", &exact), ("consumer profiles", &ours)] {
+    for (name, f) in [
+        ("exact per-consumer maps (baseline)", &exact),
+        ("consumer profiles", &ours),
+    ] {
         println!(
             "{:<44} {:>9} MiB  {:>6} bytes per consumer",
             name,
@@ -283,6 +292,10 @@ fn main() {
     println!(
         "goal: <= 500 MB per million consumer profiles: {:.0} MB, {}",
         per_million,
-        if per_million <= 500.0 { "met" } else { "NOT met" }
+        if per_million <= 500.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
 }
