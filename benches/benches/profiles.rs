@@ -62,7 +62,9 @@ fn memory_role(ours: bool) {
         price_bands: vec![20.0, 40.0],
         ..ProfilesConfig::default()
     });
-    if ours {
+    // Measured while the profiles are alive: freed memory may go back to
+    // the system.
+    let mib = if ours {
         let mut p = ConsumerProfiles::new(cfg);
         for (consumer, store, basket, day, sku, amount) in synthetic(n) {
             p.add(&ConsumerLine {
@@ -76,6 +78,8 @@ fn memory_role(ours: bool) {
             });
         }
         black_box(&p);
+        assert_eq!(p.len() as u64, n);
+        rss_mib() - before
     } else {
         // Exact: every SKU and store with its count, every purchase day,
         // every basket, the amount.
@@ -101,8 +105,9 @@ fn memory_role(ours: bool) {
             e.amount += amount;
         }
         black_box(&m);
-    }
-    let mib = rss_mib() - before;
+        assert_eq!(m.len() as u64, n);
+        rss_mib() - before
+    };
     println!(
         "FIGURES mib={mib:.1} bytes_per_consumer={:.0}",
         mib * 1024.0 * 1024.0 / n as f64

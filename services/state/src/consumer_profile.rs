@@ -220,7 +220,12 @@ pub struct ConsumerRow {
 #[derive(Clone, Debug)]
 pub struct ConsumerProfiles {
     cfg: Arc<ProfilesConfig>,
-    consumers: HashMap<Box<str>, Consumer>,
+    /// Consumer id → position in `consumers`. The records sit in a dense
+    /// vector rather than in the map: a hash table keeps up to twice as
+    /// many slots as entries, which for 200-byte records was most of the
+    /// memory.
+    index: HashMap<Box<str>, u32>,
+    consumers: Vec<Consumer>,
     skus: Interner,
     brands: Interner,
     stores: Interner,
@@ -236,7 +241,8 @@ impl ConsumerProfiles {
     pub fn new(cfg: Arc<ProfilesConfig>) -> Self {
         ConsumerProfiles {
             cfg,
-            consumers: HashMap::new(),
+            index: HashMap::new(),
+            consumers: Vec::new(),
             skus: Interner::default(),
             brands: Interner::default(),
             stores: Interner::default(),
@@ -269,12 +275,13 @@ impl ConsumerProfiles {
             .partition_point(|t| l.quantity > 0.0 && *t <= l.amount / l.quantity)
             .min(BANDS - 1);
         let basket = l.basket ^ (u64::from(store) << 48);
-        let c = match self.consumers.get_mut(l.consumer) {
-            Some(c) => c,
-            None => self
-                .consumers
-                .entry(Box::from(l.consumer))
-                .or_insert(Consumer {
+        let i = match self.index.get(l.consumer) {
+            Some(i) => *i as usize,
+            None => {
+                let i = self.consumers.len();
+                let id = u32::try_from(i).expect("fewer than 2^32 consumers per partition");
+                self.index.insert(Box::from(l.consumer), id);
+                self.consumers.push(Consumer {
                     first_day: l.day,
                     last_day: l.day,
                     baskets: 0,
@@ -288,8 +295,11 @@ impl ConsumerProfiles {
                     brands: TopK::default(),
                     stores: TopK::default(),
                     bands: [0; BANDS],
-                }),
+                });
+                i
+            }
         };
+        let c = &mut self.consumers[i];
         if !c.recent_baskets.contains(&basket) {
             c.recent_baskets.rotate_right(1);
             c.recent_baskets[0] = basket;
@@ -320,14 +330,9 @@ impl ConsumerProfiles {
     /// Refits the purchase-intent models on at most 20,000 consumers (every
     /// n-th in key order), in cycles of `profiles.cycle_days`.
     pub fn refit(&mut self) {
-        let mut keys: Vec<&Box<str>> = self.consumers.keys().collect();
-        keys.sort();
+        let keys = self.sorted();
         let step = keys.len().div_ceil(REFIT_SAMPLE).max(1);
-        let sample: Vec<&Consumer> = keys
-            .iter()
-            .step_by(step)
-            .map(|k| &self.consumers[*k])
-            .collect();
+        let sample: Vec<&Consumer> = keys.iter().step_by(step).map(|(_, c)| *c).collect();
         let summaries: Vec<Summary> = sample.iter().map(|c| self.summary(c)).collect();
         let spends: Vec<Spend> = sample.iter().map(|c| spend(c)).collect();
         self.intent = BgNbd::fit(&summaries).map(|m| (m, GammaGamma::fit(&spends)));
@@ -340,7 +345,20 @@ impl ConsumerProfiles {
 
     /// A consumer's BG/NBD summary, in cycles, at the newest day seen.
     pub fn summary_of(&self, consumer: &str) -> Option<Summary> {
-        self.consumers.get(consumer).map(|c| self.summary(c))
+        self.index
+            .get(consumer)
+            .map(|i| self.summary(&self.consumers[*i as usize]))
+    }
+
+    /// Every consumer with its id, ordered by id.
+    fn sorted(&self) -> Vec<(&str, &Consumer)> {
+        let mut v: Vec<(&str, &Consumer)> = self
+            .index
+            .iter()
+            .map(|(k, i)| (&**k, &self.consumers[*i as usize]))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
     }
 
     fn summary(&self, c: &Consumer) -> Summary {
@@ -360,22 +378,14 @@ impl ConsumerProfiles {
             frequency: f64::from(c.baskets),
             monetary: c.monetary,
         };
-        let breaks = Breaks::of(
-            self.consumers
-                .values()
-                .map(rfm_of)
-                .collect::<Vec<_>>()
-                .iter(),
-        );
+        let breaks = Breaks::of(self.consumers.iter().map(rfm_of).collect::<Vec<_>>().iter());
         let map = Segment::default_map();
         let band_names: Vec<String> = (0..=self.cfg.price_bands.len())
             .map(|i| band_label(&self.cfg.price_bands, i))
             .collect();
-        let mut keys: Vec<&Box<str>> = self.consumers.keys().collect();
-        keys.sort();
-        keys.into_iter()
-            .map(|k| {
-                let c = &self.consumers[k];
+        self.sorted()
+            .into_iter()
+            .map(|(k, c)| {
                 let scores = breaks.score(&rfm_of(c));
                 let brands = c.brands.top();
                 let stores = c.stores.top();
@@ -514,7 +524,7 @@ mod tests {
         assert_eq!(c1.price_band, "<2");
         assert!(c1.p_alive.is_nan(), "no fit yet");
         // Three purchase days: the first (10, spent 4) and two repeats.
-        let s = spend(&p.consumers["c1"]);
+        let s = spend(&p.consumers[p.index["c1"] as usize]);
         assert_eq!(s.x, 2.0);
         assert!((s.mean - 3.25).abs() < 1e-12);
         assert!(rows[1].rfm.r > rows[0].rfm.r, "c2 bought last");
