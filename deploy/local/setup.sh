@@ -24,6 +24,8 @@ fi
 # an empty cache just means a longer first build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marktwin/target}"
 mkdir -p "$CARGO_TARGET_DIR"
+# Rebuilt test binaries leave their predecessors behind; keep the newest.
+python3 deploy/local/prune_builds.py "$CARGO_TARGET_DIR" || log "could not prune stale builds"
 
 need_apt=()
 command -v gcc  >/dev/null 2>&1 || need_apt+=(gcc)
