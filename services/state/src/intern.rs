@@ -24,11 +24,6 @@ impl Interner {
         id
     }
 
-    /// The id of `s` if it was interned.
-    pub fn id_of(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
-    }
-
     /// The string of `id`.
     ///
     /// # Panics

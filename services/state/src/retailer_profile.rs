@@ -174,6 +174,8 @@ pub struct Profile {
 #[derive(Clone, Debug)]
 pub struct RetailerProfiles {
     cfg: Arc<ProfilesConfig>,
+    /// The source whose lines count as activity (`profiles.grade_source`).
+    graded: Source,
     skus: Interner,
     retailers: Interner,
     books: HashMap<(u32, Source), Book>,
@@ -182,6 +184,8 @@ pub struct RetailerProfiles {
     activity: Activity,
     /// BG/NBD on the activity, and the cycle it was fitted at.
     fitted: Option<(i32, BgNbd)>,
+    /// The first cycle of the window at the last eviction.
+    evicted_to: i32,
 }
 
 /// Days from 1970-01-01 (a Thursday) to the first Monday.
@@ -190,14 +194,21 @@ const MONDAY: i32 = 4;
 impl RetailerProfiles {
     /// Empty.
     pub fn new(cfg: Arc<ProfilesConfig>) -> Self {
+        let graded = if cfg.grade_source == Source::Pos.as_str() {
+            Source::Pos
+        } else {
+            Source::Orders
+        };
         RetailerProfiles {
             cfg,
+            graded,
             skus: Interner::default(),
             retailers: Interner::default(),
             books: HashMap::new(),
             newest_day: None,
             activity: Activity::new(),
             fitted: None,
+            evicted_to: i32::MIN,
         }
     }
 
@@ -241,7 +252,7 @@ impl RetailerProfiles {
             Some(old) if old == kept => Added::Same,
             Some(_) => Added::Replaced,
         };
-        if l.source.as_str() == self.cfg.grade_source {
+        if l.source == self.graded {
             let cycle = self.cycle_of(l.day);
             self.activity.mark(retailer, cycle);
         }
@@ -258,9 +269,13 @@ impl RetailerProfiles {
         if self.fitted.is_none_or(|(at, _)| at != now) {
             self.fitted = self.activity.fit(now).map(|m| (now, m));
         }
-        let oldest = self.cycle_of(newest) - self.cfg.window_cycles as i32 + 1;
-        let days = self.cfg.cycle_days as i32;
-        let first_day = oldest * days + MONDAY;
+        // Lines leave only when the window moves on: a new cycle began.
+        let oldest = now - self.cfg.window_cycles as i32 + 1;
+        if oldest == self.evicted_to {
+            return;
+        }
+        self.evicted_to = oldest;
+        let first_day = self.cycle_start(oldest);
         for book in self.books.values_mut() {
             book.lines.retain(|_, k| k.day >= first_day);
         }
@@ -273,20 +288,14 @@ impl RetailerProfiles {
 
     /// Every retailer's profile, ordered by retailer and source.
     pub fn profiles(&self) -> Vec<Profile> {
-        let mut keys: Vec<(&str, Source)> = self
+        let mut keys: Vec<(&str, Source, u32)> = self
             .books
             .keys()
-            .map(|(r, s)| (self.retailers.name(*r), *s))
+            .map(|(r, s)| (self.retailers.name(*r), *s, *r))
             .collect();
         keys.sort();
         keys.into_iter()
-            .map(|(name, source)| {
-                let book = &self.books[&(
-                    self.retailers.id_of(name).expect("a known retailer"),
-                    source,
-                )];
-                self.profile_of(name, source, book)
-            })
+            .map(|(name, source, id)| self.profile_of(name, id, source, &self.books[&(id, source)]))
             .collect()
     }
 
@@ -405,7 +414,7 @@ impl RetailerProfiles {
         }
     }
 
-    fn profile_of(&self, retailer: &str, source: Source, book: &Book) -> Profile {
+    fn profile_of(&self, retailer: &str, id: u32, source: Source, book: &Book) -> Profile {
         let cfg = &self.cfg;
         let now = self.cycle_of(self.newest_day.unwrap_or(0));
         let window = cfg.window_cycles as i32;
@@ -474,12 +483,7 @@ impl RetailerProfiles {
         let trend_qty: Vec<f64> = (now - n_trend..now)
             .map(|c| per_cycle[(c - (now - window + 1)) as usize].0)
             .collect();
-        let (p_alive, churn_risk) = match (
-            self.fitted,
-            self.retailers
-                .id_of(retailer)
-                .and_then(|r| self.activity.summary(r, now)),
-        ) {
+        let (p_alive, churn_risk) = match (self.fitted, self.activity.summary(id, now)) {
             (Some((_, m)), Some(s)) => (
                 m.p_alive(&s),
                 m.p_no_purchase(&s, f64::from(cfg.churn_horizon_cycles)),
