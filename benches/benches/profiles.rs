@@ -122,6 +122,14 @@ fn rate(n: usize, f: impl FnOnce()) -> (f64, f64) {
     (n as f64 / cpu, wall.elapsed().as_secs_f64())
 }
 
+/// Prints one model's rate next to the baseline's.
+fn against_base(name: &str, rate: f64, base: f64, more: &str) {
+    println!(
+        "{name:<44} {rate:>12.0}  ({:.0} % of baseline{more})",
+        100.0 * rate / base
+    );
+}
+
 fn main() {
     match std::env::var("MARKTWIN_BENCH_ROLE").as_deref() {
         Ok("memory_ours") => return memory_role(true),
@@ -185,12 +193,7 @@ fn main() {
             });
         }
     });
-    println!(
-        "{:<44} {:>12.0}  ({:.0} % of baseline)",
-        "retailer profiles",
-        r,
-        100.0 * r / base
-    );
+    against_base("retailer profiles", r, base, "");
     let mut consumers = ConsumerProfiles::new(cfg.clone());
     let (c, _) = rate(n, || {
         for (l, t) in lines.iter().zip(&text) {
@@ -205,12 +208,7 @@ fn main() {
             });
         }
     });
-    println!(
-        "{:<44} {:>12.0}  ({:.0} % of baseline)",
-        "consumer profiles",
-        c,
-        100.0 * c / base
-    );
+    against_base("consumer profiles", c, base, "");
     let mut dense: HashMap<u32, u32> = HashMap::new();
     let mut co = CoBought::new(1_000);
     let (k, _) = rate(n, || {
@@ -220,12 +218,11 @@ fn main() {
             co.add(l.basket, Some(l.household), item);
         }
     });
-    println!(
-        "{:<44} {:>12.0}  ({:.0} % of baseline; {} item pairs)",
+    against_base(
         "recommendations (co-occurrence, history)",
         k,
-        100.0 * k / base,
-        co.pairs()
+        base,
+        &format!("; {} item pairs", co.pairs()),
     );
 
     println!("\nRefresh times (wall, one core)");

@@ -16,6 +16,8 @@
 
 use foldhash::{HashMap, HashMapExt};
 
+use crate::recommend::{best_k, top_k};
+
 /// Why a SKU is proposed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Why {
@@ -111,20 +113,11 @@ impl Assortments {
             }
         }
         let n = mine.len() as f64;
-        let mut sims: Vec<(u32, f64)> = shared
-            .into_iter()
-            .map(|(r, k)| {
-                let m = self.carried[r as usize].len() as f64;
-                (r, f64::from(k) / (n * m).sqrt())
-            })
-            .collect();
-        let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if sims.len() > neighbours {
-            sims.select_nth_unstable_by(neighbours, order);
-            sims.truncate(neighbours);
-        }
-        sims.sort_by(order);
-        sims
+        let sims = shared.into_iter().map(|(r, k)| {
+            let m = self.carried[r as usize].len() as f64;
+            (r, f64::from(k) / (n * m).sqrt())
+        });
+        top_k(sims, neighbours)
     }
 
     /// The `k` SKUs to propose to `retailer`, from its `neighbours` most
@@ -142,7 +135,7 @@ impl Assortments {
                 e.1 += 1;
             }
         }
-        let mut out: Vec<Proposal> = scores
+        let out: Vec<Proposal> = scores
             .into_iter()
             .map(|(sku, (score, carriers, example, similarity))| Proposal {
                 sku,
@@ -161,11 +154,7 @@ impl Assortments {
                 .then(reach(b.sku).cmp(&reach(a.sku)))
                 .then(a.sku.cmp(&b.sku))
         };
-        if out.len() > k {
-            out.select_nth_unstable_by(k, order);
-            out.truncate(k);
-        }
-        out.sort_by(order);
+        let mut out = best_k(out, k, order);
         for &s in &self.widespread {
             if out.len() >= k {
                 break;

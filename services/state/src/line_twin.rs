@@ -445,7 +445,8 @@ impl LineTwin {
     }
 }
 
-fn days_since_epoch(d: chrono::NaiveDate) -> i32 {
+/// Days from 1970-01-01 to `d`.
+pub(crate) fn days_since_epoch(d: chrono::NaiveDate) -> i32 {
     (d - chrono::NaiveDate::default()).num_days() as i32
 }
 

@@ -94,6 +94,28 @@ pub struct CoBought {
     popular_at: u64,
 }
 
+/// The `k` first of `v` in `order`, sorted: a partial selection, then a
+/// sort of only those.
+pub(crate) fn best_k<T>(
+    mut v: Vec<T>,
+    k: usize,
+    order: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<T> {
+    if v.len() > k {
+        v.select_nth_unstable_by(k, &order);
+        v.truncate(k);
+    }
+    v.sort_by(&order);
+    v
+}
+
+/// The `k` highest-scoring `(id, score)` pairs, ties by id.
+pub(crate) fn top_k(scores: impl Iterator<Item = (u32, f64)>, k: usize) -> Vec<(u32, f64)> {
+    best_k(scores.collect(), k, |a: &(u32, f64), b: &(u32, f64)| {
+        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+    })
+}
+
 /// How many popular items are kept to fill short lists.
 const POPULAR_KEPT: usize = 200;
 /// Baskets between refreshes of the popular list.
@@ -157,7 +179,7 @@ impl CoBought {
     /// Recomputes the popular list now (it is otherwise refreshed every
     /// 1,000 baskets).
     pub fn refresh_popular(&mut self) {
-        let mut items: Vec<u32> = (0..self.baskets_with.len() as u32)
+        let items: Vec<u32> = (0..self.baskets_with.len() as u32)
             .filter(|i| self.baskets_with[*i as usize] > 0)
             .collect();
         let by_popularity = |a: &u32, b: &u32| {
@@ -165,12 +187,7 @@ impl CoBought {
                 .cmp(&self.baskets_with[*a as usize])
                 .then(a.cmp(b))
         };
-        if items.len() > POPULAR_KEPT {
-            items.select_nth_unstable_by(POPULAR_KEPT, by_popularity);
-            items.truncate(POPULAR_KEPT);
-        }
-        items.sort_by(by_popularity);
-        self.popular = items;
+        self.popular = best_k(items, POPULAR_KEPT, by_popularity);
         self.popular_at = self.baskets;
     }
 
@@ -264,7 +281,7 @@ impl CoBought {
             }
         }
         let skip = |i: &u32| basket.contains(i) || exclude.contains(i);
-        let mut ranked: Vec<Suggestion> = scores
+        let ranked: Vec<Suggestion> = scores
             .into_iter()
             .filter(|(i, _)| !skip(i))
             .map(|(item, (score, _, reason))| Suggestion {
@@ -279,11 +296,7 @@ impl CoBought {
                 .then(self.popularity(b.item).cmp(&self.popularity(a.item)))
                 .then(a.item.cmp(&b.item))
         };
-        if ranked.len() > k {
-            ranked.select_nth_unstable_by(k, order);
-            ranked.truncate(k);
-        }
-        ranked.sort_by(order);
+        let mut ranked = best_k(ranked, k, order);
         for &item in &self.popular {
             if ranked.len() >= k {
                 break;

@@ -24,6 +24,7 @@ use marktwin_core::events::{AllocationOrder, EventKind, PosTransaction, Retailer
 use marktwin_core::topics::id;
 
 use crate::error::Result;
+use crate::line_twin::days_since_epoch;
 use crate::record::{Applied, Cols, Rejected, build, ck, decode, float64s, int64s, strings};
 use crate::retailer_profile::{Added, Line, RetailerProfiles, Source};
 
@@ -140,8 +141,7 @@ impl RetailerState {
         let o: AllocationOrder = decode(value, EventKind::AllocationOrder)?.payload;
         range("payload.quantity", o.quantity)?;
         range("payload.unit_price", o.unit_price)?;
-        let day = (o.order_date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date"))
-            .num_days() as i32;
+        let day = days_since_epoch(o.order_date);
         let quantity = self.params.units.to_report(o.quantity, o.unit);
         Ok(self.line(&Line {
             retailer: &o.to_id,

@@ -19,7 +19,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::recommend::CoBought;
+use crate::recommend::{CoBought, top_k};
 
 /// SKUs with their customers, for similarity by shared demand.
 #[derive(Clone, Debug)]
@@ -158,18 +158,6 @@ pub fn complements(c: &CoBought, sku: u32, min_together: u32, k: usize) -> Vec<(
         .filter(|(_, t)| *t >= min_together)
         .map(|(o, t)| (o, f64::from(t) * n / (ni * f64::from(c.popularity(o)))));
     top_k(lifts, k)
-}
-
-/// The `k` highest-scoring pairs, ties by id.
-fn top_k(scores: impl Iterator<Item = (u32, f64)>, k: usize) -> Vec<(u32, f64)> {
-    let mut v: Vec<(u32, f64)> = scores.collect();
-    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if v.len() > k {
-        v.select_nth_unstable_by(k, order);
-        v.truncate(k);
-    }
-    v.sort_by(order);
-    v
 }
 
 #[cfg(test)]
