@@ -105,6 +105,32 @@ pub async fn sql(running: &Running, q: &str) -> serde_json::Value {
     resp.json().await.expect("JSON rows")
 }
 
+/// Polls query `q` until `check` accepts its rows, and returns them;
+/// panics after `within` with what `check` said of the last rows.
+pub async fn wait_rows(
+    running: &Running,
+    q: &str,
+    within: std::time::Duration,
+    check: impl Fn(&[serde_json::Value]) -> Result<(), String>,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let rows = sql(running, q)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match check(&rows) {
+            Ok(()) => return rows,
+            Err(why) => assert!(
+                std::time::Instant::now() < deadline,
+                "{q}: not there after {within:?}: {why}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// `marktwin` with only the edge, on `cfg` (a config from [`start_edge`])
 /// and the broker at `bootstrap`: the edge restarted.
 pub async fn restart_edge(cfg: &Config, bootstrap: String) -> Running {

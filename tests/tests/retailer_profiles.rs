@@ -29,7 +29,7 @@ fn complete_journey_store_profiles_equal_a_batch_recomputation_and_grades_follow
     });
     let mut profiles = RetailerProfiles::new(cfg.clone());
     let mut line_no: HashMap<u64, u32> = HashMap::new();
-    let mut before: Vec<Graded> = Vec::new();
+    let mut published = grading::Grades::default();
     let mut week = 0;
     let mut changes_per_week = Vec::new();
     let grade_now = |p: &RetailerProfiles| {
@@ -45,8 +45,9 @@ fn complete_journey_store_profiles_equal_a_batch_recomputation_and_grades_follow
             // A new week: grade what the last one left.
             profiles.evict();
             let (now, _) = grade_now(&profiles);
-            changes_per_week.push(grading::changes(&before, &now).len());
-            before = now;
+            let changed = published.regrade(&now, i64::from(week));
+            changes_per_week.push(changed.rows.len());
+            published.apply(changed);
         }
         week = l.week;
         let n = line_no.entry(l.basket).or_default();
@@ -69,7 +70,7 @@ fn complete_journey_store_profiles_equal_a_batch_recomputation_and_grades_follow
     }
     let (graded, ps) = grade_now(&profiles);
     eprintln!(
-        "{} stores graded; changes of grade or class per week: {changes_per_week:?}",
+        "{} stores graded; grade rows published per week (grade, class or key changed): {changes_per_week:?}",
         graded.len()
     );
 

@@ -77,16 +77,15 @@ fn count(warehouse: &str, cartons: f64, at: i64) -> Value {
 /// Polls `q` until `done` accepts its rows; panics after two minutes with
 /// the last rows.
 async fn wait_rows(running: &Running, q: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let rows = sql(running, q).await;
-        let rows = rows.as_array().cloned().unwrap_or_default();
-        if done(&rows) {
-            return rows;
+    let within = Duration::from_secs(120);
+    marktwin_tests::wait_rows(running, q, within, |r| {
+        if done(r) {
+            Ok(())
+        } else {
+            Err(format!("still {r:?}"))
         }
-        assert!(Instant::now() < deadline, "{q}: still {rows:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 const ALERTS: &str =

@@ -34,7 +34,7 @@ use marktwin_state::SnapshotTable;
 use marktwin_state::checkpoint::CheckpointStore;
 use marktwin_worker::view::ViewMetrics;
 use marktwin_worker::{
-    InventoryOperator, Operator, PosOperator, ProfilesOperator, Runner, Shared, TableDef,
+    Grader, InventoryOperator, Operator, PosOperator, ProfilesOperator, Runner, Shared, TableDef,
     TwinOperator, View, WorkerMetrics,
 };
 use prometheus::Registry;
@@ -56,6 +56,9 @@ pub enum Error {
     /// Edge setup.
     #[error(transparent)]
     Edge(#[from] marktwin_edge::Error),
+    /// Worker setup.
+    #[error(transparent)]
+    Worker(#[from] marktwin_worker::Error),
     /// Board setup.
     #[error(transparent)]
     Board(#[from] marktwin_board::Error),
@@ -340,6 +343,7 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
             .into_iter()
             .chain(inventory.tables())
             .chain(profiles.tables())
+            .chain([Grader::table()])
         {
             if let Some(topic) = def.topic {
                 by_topic.entry(topic).or_default().push(def);
@@ -364,7 +368,18 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         for v in &views {
             all.extend(v.tables());
         }
+        let profiles = Runner::new(&cfg, &bootstrap, profiles, shared.clone());
+        let grader = Grader::new(
+            &cfg,
+            &all,
+            shared.producer.clone(),
+            profiles.leader(),
+            readiness.clone(),
+            shared.metrics.clone(),
+        )?;
         tables = Some(all);
+        let (stop, rt) = (worker_stop.clone(), tokio::runtime::Handle::current());
+        workers.push(tokio::task::spawn_blocking(move || grader.run(stop, rt)));
         workers.push(spawn_runner(pos, &worker_stop));
         workers.push(spawn_runner(
             Runner::new(&cfg, &bootstrap, twin, shared.clone()),
@@ -374,10 +389,7 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
             Runner::new(&cfg, &bootstrap, inventory, shared.clone()),
             &worker_stop,
         ));
-        workers.push(spawn_runner(
-            Runner::new(&cfg, &bootstrap, profiles, shared),
-            &worker_stop,
-        ));
+        workers.push(spawn_runner(profiles, &worker_stop));
         for view in views {
             let stop = worker_stop.clone();
             workers.push(tokio::task::spawn_blocking(move || {

@@ -29,6 +29,12 @@ impl Readiness {
             .collect()
     }
 
+    /// True when check `name` exists and is ready.
+    pub fn check(&self, name: &str) -> bool {
+        let c = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(name).is_some_and(|(r, _)| *r)
+    }
+
     /// True when at least one check exists and all are ready.
     pub fn is_ready(&self) -> bool {
         let c = self.checks.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,6 +20,14 @@ pub enum Error {
         /// What is wrong, naming the column.
         detail: String,
     },
+    /// A query table read back does not have the expected columns.
+    #[error("table `{table}`: {detail}")]
+    Read {
+        /// The table.
+        table: &'static str,
+        /// What is wrong, naming the column.
+        detail: String,
+    },
     /// Arrow IPC could not write or read a checkpoint file.
     #[error("checkpoint file `{path}`: {source}")]
     Ipc {

@@ -17,13 +17,23 @@
 //!   and broad). The reason gives the figures.
 //!
 //! Grading runs over all retailers' current profiles at once (a ranking is
-//! a whole-region fact); [`changes`] compares two gradings, and the worker
-//! publishes each change as an event.
+//! a whole-region fact). [`Grades::regrade`] compares a grading with the
+//! published grades: a retailer's row is published again only when its
+//! grade, class, key mark or region changes, carrying the grade and class
+//! before, so every row on the topic is a change event.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
+use datafusion::arrow::array::{
+    Array, BooleanArray, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::config::{KeyRule, ProfilesConfig};
 
+use crate::error::Result;
+use crate::record::{Cols, build, strings, ts, ts_field};
 use crate::retailer_profile::Profile;
 use crate::rfm::tile;
 
@@ -44,6 +54,15 @@ impl Class {
             Class::Mature => "mature",
         }
     }
+
+    /// The class named `name`.
+    pub fn parse(name: &str) -> Option<Class> {
+        match name {
+            "potential" => Some(Class::Potential),
+            "mature" => Some(Class::Mature),
+            _ => None,
+        }
+    }
 }
 
 /// One retailer's grading.
@@ -61,21 +80,6 @@ pub struct Graded {
     pub class: Class,
     /// Why that class.
     pub class_reason: String,
-}
-
-/// A change of grade or class.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Change {
-    /// Retailer id.
-    pub retailer: String,
-    /// Grade before (`None` for a retailer graded the first time).
-    pub from_grade: Option<u32>,
-    /// Grade now.
-    pub to_grade: u32,
-    /// Class before.
-    pub from_class: Option<Class>,
-    /// Class now.
-    pub to_class: Class,
 }
 
 /// The value of profile field `field` (one of
@@ -199,23 +203,218 @@ pub fn grade(cfg: &ProfilesConfig, profiles: &[(String, Profile)]) -> Vec<Graded
         .collect()
 }
 
-/// The retailers whose grade or class differs between `before` and `now`
-/// (new retailers included), in the order of `now`.
-pub fn changes(before: &[Graded], now: &[Graded]) -> Vec<Change> {
-    let before: HashMap<&str, &Graded> = before.iter().map(|g| (g.retailer.as_str(), g)).collect();
-    now.iter()
-        .filter_map(|g| {
-            let b = before.get(g.retailer.as_str());
-            let same = b.is_some_and(|b| b.grade == g.grade && b.class == g.class);
-            (!same).then(|| Change {
+/// The published table of grades, one row per graded retailer.
+pub const GRADES_TABLE: &str = "retailer_grades";
+/// Its key column.
+pub const GRADES_KEY: &[&str] = &["retailer_id"];
+
+/// A retailer's labels as published: set by the grading that last changed
+/// one of them, with the reasons of that grading and the grade and class
+/// before it. A row changes only when the grade, the class, the key mark or
+/// the region does, so each published row is a change event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradeRow {
+    /// Retailer id.
+    pub retailer: String,
+    /// Region.
+    pub region: String,
+    /// 1 (lowest) to the number of grades.
+    pub grade: u32,
+    /// Why the retailer is a key customer; `None` if it is not one.
+    pub key_reason: Option<String>,
+    /// Potential or mature.
+    pub class: Class,
+    /// Why that class.
+    pub class_reason: String,
+    /// The grade before the last change of grade or class (`None` for a
+    /// retailer graded once).
+    pub previous_grade: Option<u32>,
+    /// The class before it.
+    pub previous_class: Option<Class>,
+    /// When the grade or class last changed, ms since epoch.
+    pub changed_at_ms: i64,
+}
+
+/// What a grading changes in the published grades.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Regraded {
+    /// New and changed rows.
+    pub rows: Vec<GradeRow>,
+    /// Retailers no longer graded (no profile left).
+    pub gone: Vec<String>,
+}
+
+impl Regraded {
+    /// True when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.gone.is_empty()
+    }
+}
+
+/// The published grades, by retailer.
+#[derive(Clone, Debug, Default)]
+pub struct Grades {
+    rows: HashMap<String, GradeRow>,
+}
+
+impl Grades {
+    /// Retailers graded.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when no retailer is graded.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The rows, in no particular order.
+    pub fn rows(&self) -> impl Iterator<Item = &GradeRow> {
+        self.rows.values()
+    }
+
+    /// A retailer's row.
+    pub fn get(&self, retailer: &str) -> Option<&GradeRow> {
+        self.rows.get(retailer)
+    }
+
+    /// What grading `now` (from [`grade`], at `at_ms`) changes.
+    pub fn regrade(&self, now: &[Graded], at_ms: i64) -> Regraded {
+        let mut out = Regraded::default();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for g in now {
+            seen.insert(&g.retailer);
+            let before = self.rows.get(&g.retailer);
+            if let Some(b) = before {
+                let same = b.grade == g.grade
+                    && b.class == g.class
+                    && b.key_reason.is_some() == g.key.is_some()
+                    && b.region == g.region;
+                if same {
+                    continue;
+                }
+            }
+            let moved = before.is_some_and(|b| b.grade != g.grade || b.class != g.class);
+            let (previous_grade, previous_class, changed_at_ms) = match before {
+                Some(b) if moved => (Some(b.grade), Some(b.class), at_ms),
+                Some(b) => (b.previous_grade, b.previous_class, b.changed_at_ms),
+                None => (None, None, at_ms),
+            };
+            out.rows.push(GradeRow {
                 retailer: g.retailer.clone(),
-                from_grade: b.map(|b| b.grade),
-                to_grade: g.grade,
-                from_class: b.map(|b| b.class),
-                to_class: g.class,
-            })
-        })
-        .collect()
+                region: g.region.clone(),
+                grade: g.grade,
+                key_reason: g.key.clone(),
+                class: g.class,
+                class_reason: g.class_reason.clone(),
+                previous_grade,
+                previous_class,
+                changed_at_ms,
+            });
+        }
+        out.gone = self
+            .rows
+            .keys()
+            .filter(|r| !seen.contains(r.as_str()))
+            .cloned()
+            .collect();
+        out.gone.sort_unstable();
+        out
+    }
+
+    /// Takes in what [`Grades::regrade`] found, once it is published.
+    pub fn apply(&mut self, r: Regraded) {
+        for g in r.gone {
+            self.rows.remove(&g);
+        }
+        for row in r.rows {
+            self.rows.insert(row.retailer.clone(), row);
+        }
+    }
+
+    /// The table schema.
+    pub fn schema() -> SchemaRef {
+        let utf8 = |n: &str, null| Field::new(n, DataType::Utf8, null);
+        Arc::new(Schema::new(vec![
+            utf8("retailer_id", false),
+            utf8("region", false),
+            Field::new("grade", DataType::UInt32, false),
+            Field::new("key_customer", DataType::Boolean, false),
+            utf8("key_reason", true),
+            utf8("class", false),
+            utf8("class_reason", false),
+            Field::new("previous_grade", DataType::UInt32, true),
+            utf8("previous_class", true),
+            ts_field("changed_at", false),
+        ]))
+    }
+
+    /// `rows` as one batch of [`Grades::schema`].
+    pub fn to_batch(rows: &[GradeRow]) -> Result<RecordBatch> {
+        build(
+            GRADES_TABLE,
+            &Self::schema(),
+            vec![
+                strings(rows.iter().map(|r| r.retailer.as_str())),
+                strings(rows.iter().map(|r| r.region.as_str())),
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.grade))),
+                Arc::new(BooleanArray::from_iter(
+                    rows.iter().map(|r| Some(r.key_reason.is_some())),
+                )),
+                Arc::new(StringArray::from_iter(
+                    rows.iter().map(|r| r.key_reason.as_deref()),
+                )),
+                strings(rows.iter().map(|r| r.class.as_str())),
+                strings(rows.iter().map(|r| r.class_reason.as_str())),
+                Arc::new(UInt32Array::from_iter(
+                    rows.iter().map(|r| r.previous_grade),
+                )),
+                Arc::new(StringArray::from_iter(
+                    rows.iter().map(|r| r.previous_class.map(Class::as_str)),
+                )),
+                ts(rows.iter().map(|r| r.changed_at_ms).collect()),
+            ],
+        )
+    }
+
+    /// The grades in batches of [`Grades::schema`] (a view of the table).
+    pub fn from_batches(batches: &[RecordBatch]) -> Result<Self> {
+        let mut g = Grades::default();
+        for b in batches {
+            let c = Cols::table(GRADES_TABLE, b);
+            let (id, region, grade, key, class, why, pg, pc, at) = (
+                c.get::<StringArray>("retailer_id")?,
+                c.get::<StringArray>("region")?,
+                c.get::<UInt32Array>("grade")?,
+                c.get::<StringArray>("key_reason")?,
+                c.get::<StringArray>("class")?,
+                c.get::<StringArray>("class_reason")?,
+                c.get::<UInt32Array>("previous_grade")?,
+                c.get::<StringArray>("previous_class")?,
+                c.get::<TimestampMillisecondArray>("changed_at")?,
+            );
+            let class_of = |v: &str| {
+                Class::parse(v)
+                    .ok_or_else(|| c.bad(format!("class `{v}` is neither potential nor mature")))
+            };
+            for i in 0..c.rows() {
+                let opt = |a: &'_ StringArray| a.is_valid(i).then(|| a.value(i).to_owned());
+                let row = GradeRow {
+                    retailer: id.value(i).to_owned(),
+                    region: region.value(i).to_owned(),
+                    grade: grade.value(i),
+                    key_reason: opt(key),
+                    class: class_of(class.value(i))?,
+                    class_reason: why.value(i).to_owned(),
+                    previous_grade: pg.is_valid(i).then(|| pg.value(i)),
+                    previous_class: opt(pc).as_deref().map(class_of).transpose()?,
+                    changed_at_ms: at.value(i),
+                };
+                g.rows.insert(row.retailer.clone(), row);
+            }
+        }
+        Ok(g)
+    }
 }
 
 #[cfg(test)]
@@ -288,14 +487,33 @@ mod tests {
         assert_eq!(g[5].class, Class::Mature);
         assert!(g[10].class_reason.starts_with("declining"));
 
-        // Retailer n3 overtakes n59 and n60; the changes name all three.
+        // Everyone is new the first time.
+        let mut published = Grades::default();
+        let first = published.regrade(&g, 1_000);
+        assert_eq!(first.rows.len(), 61);
+        assert!(first.rows.iter().all(|r| r.previous_grade.is_none()));
+        published.apply(first);
+        assert!(published.regrade(&g, 2_000).is_empty(), "nothing changed");
+
+        // Retailer n3 overtakes n59 and n60: its row carries the grade
+        // before; n1's reason figures move but its labels do not.
         ps[2].1.rolling_sales = 100.0;
+        ps[0].1.sku_count = 6;
+        ps.pop(); // s1 has no profile any more
         let again = grade(&cfg, &ps);
-        let ch = changes(&g, &again);
-        let who: Vec<&str> = ch.iter().map(|c| c.retailer.as_str()).collect();
-        assert!(who.contains(&"n3"), "{who:?}");
-        let n3 = ch.iter().find(|c| c.retailer == "n3").unwrap();
-        assert_eq!((n3.from_grade, n3.to_grade), (Some(2), 30));
-        assert!(changes(&again, &again).is_empty());
+        let r = published.regrade(&again, 3_000);
+        let n3 = r.rows.iter().find(|c| c.retailer == "n3").unwrap();
+        assert_eq!((n3.previous_grade, n3.grade), (Some(2), 30));
+        assert_eq!(n3.changed_at_ms, 3_000);
+        assert!(r.rows.iter().all(|c| c.retailer != "n1"));
+        assert_eq!(r.gone, vec!["s1".to_owned()]);
+        published.apply(r);
+        assert_eq!(published.len(), 60);
+        assert!(published.regrade(&again, 4_000).is_empty());
+
+        // The rows survive the table and back.
+        let rows: Vec<GradeRow> = published.rows.values().cloned().collect();
+        let back = Grades::from_batches(&[Grades::to_batch(&rows).unwrap()]).unwrap();
+        assert_eq!(back.rows, published.rows);
     }
 }

@@ -162,10 +162,12 @@ pub(crate) fn build(
     RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Build { table, source })
 }
 
-/// Typed column access for restoring a checkpoint, naming what is wrong.
+/// Typed column access for restoring a checkpoint or reading a published
+/// table back, naming what is wrong.
 pub(crate) struct Cols<'a> {
     table: &'static str,
     batch: &'a RecordBatch,
+    checkpoint: bool,
 }
 
 impl<'a> Cols<'a> {
@@ -174,7 +176,20 @@ impl<'a> Cols<'a> {
         tables
             .iter()
             .find(|(n, _)| n == table)
-            .map(|(_, batch)| Cols { table, batch })
+            .map(|(_, batch)| Cols {
+                table,
+                batch,
+                checkpoint: true,
+            })
+    }
+
+    /// A batch of query table `table`, read back (from a view, say).
+    pub(crate) fn table(table: &'static str, batch: &'a RecordBatch) -> Self {
+        Cols {
+            table,
+            batch,
+            checkpoint: false,
+        }
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -202,9 +217,11 @@ impl<'a> Cols<'a> {
 
     /// An error about this table.
     pub(crate) fn bad(&self, detail: String) -> Error {
-        Error::Restore {
-            table: self.table,
-            detail,
+        let table = self.table;
+        if self.checkpoint {
+            Error::Restore { table, detail }
+        } else {
+            Error::Read { table, detail }
         }
     }
 }

@@ -59,6 +59,15 @@ impl Source {
             Source::Pos => "pos",
         }
     }
+
+    /// The source grading and activity read (`profiles.grade_source`).
+    pub fn graded(cfg: &ProfilesConfig) -> Source {
+        if cfg.grade_source == Source::Pos.as_str() {
+            Source::Pos
+        } else {
+            Source::Orders
+        }
+    }
 }
 
 /// One order or POS line, as the profile needs it.
@@ -194,11 +203,7 @@ const MONDAY: i32 = 4;
 impl RetailerProfiles {
     /// Empty.
     pub fn new(cfg: Arc<ProfilesConfig>) -> Self {
-        let graded = if cfg.grade_source == Source::Pos.as_str() {
-            Source::Pos
-        } else {
-            Source::Orders
-        };
+        let graded = Source::graded(&cfg);
         RetailerProfiles {
             cfg,
             graded,

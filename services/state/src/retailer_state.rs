@@ -26,7 +26,7 @@ use marktwin_core::topics::id;
 use crate::error::Result;
 use crate::line_twin::days_since_epoch;
 use crate::record::{Applied, Cols, Rejected, build, ck, decode, float64s, int64s, strings};
-use crate::retailer_profile::{Added, Line, RetailerProfiles, Source};
+use crate::retailer_profile::{Added, Line, Profile, RetailerProfiles, Source};
 
 /// Input topic ids, in the order [`RetailerState::apply`] numbers them.
 pub const INPUTS: [&str; 3] = [id::ALLOCATION_ORDERS, id::POS, id::RETAILERS];
@@ -309,6 +309,88 @@ impl RetailerState {
             ],
         )?;
         Ok([profiles, mix, activity])
+    }
+
+    /// The profiles of `source` in batches of the profiles table (a view
+    /// over all partitions), each with its region: what grading ranks.
+    /// Mixes are left empty; grading does not use them.
+    pub fn profiles_of(batches: &[RecordBatch], source: Source) -> Result<Vec<(String, Profile)>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let c = Cols::table(PROFILES_TABLE, b);
+            let s = |n| c.get::<StringArray>(n);
+            let f = |n| c.get::<Float64Array>(n);
+            let u = |n| c.get::<UInt32Array>(n);
+            let (id, src, region, top_brand) = (
+                s("retailer_id")?,
+                s("source")?,
+                s("region")?,
+                s("top_brand")?,
+            );
+            let day = c.get::<Date32Array>("cycle_start")?;
+            let (cycles, sku_count) = (u("cycles")?, u("sku_count")?);
+            let [
+                qty,
+                amount,
+                orders,
+                gap,
+                cv,
+                hhi,
+                brand,
+                comp,
+                trend,
+                sales,
+                alive,
+                churn,
+            ] = [
+                "qty_per_cycle",
+                "amount_per_order",
+                "orders_per_cycle",
+                "order_gap_days",
+                "order_gap_cv",
+                "sku_hhi",
+                "top_brand_share",
+                "competitor_share",
+                "trend",
+                "rolling_sales",
+                "p_alive",
+                "churn_risk",
+            ]
+            .map(f);
+            let (qty, amount, orders, gap, cv, hhi) = (qty?, amount?, orders?, gap?, cv?, hhi?);
+            let (brand, comp, trend, sales, alive, churn) =
+                (brand?, comp?, trend?, sales?, alive?, churn?);
+            let nan =
+                |a: &Float64Array, i: usize| if a.is_valid(i) { a.value(i) } else { f64::NAN };
+            for i in (0..c.rows()).filter(|i| src.value(*i) == source.as_str()) {
+                out.push((
+                    region.value(i).to_owned(),
+                    Profile {
+                        retailer: id.value(i).to_owned(),
+                        source,
+                        cycle_start_day: day.value(i),
+                        cycles: cycles.value(i),
+                        qty_per_cycle: qty.value(i),
+                        amount_per_order: amount.value(i),
+                        orders_per_cycle: orders.value(i),
+                        order_gap_days: gap.value(i),
+                        order_gap_cv: cv.value(i),
+                        sku_count: sku_count.value(i),
+                        sku_hhi: hhi.value(i),
+                        top_brand: top_brand.value(i).to_owned(),
+                        top_brand_share: brand.value(i),
+                        competitor_share: comp.value(i),
+                        trend: trend.value(i),
+                        rolling_sales: sales.value(i),
+                        p_alive: nan(alive, i),
+                        churn_risk: nan(churn, i),
+                        brand_mix: Vec::new(),
+                        band_mix: Vec::new(),
+                    },
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// The state as checkpoint tables.

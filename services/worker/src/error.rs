@@ -28,6 +28,9 @@ pub enum Error {
         /// The column.
         column: &'static str,
     },
+    /// The parts were put together wrongly: a bug.
+    #[error("worker setup: {0}")]
+    Setup(String),
     /// A change record's key names no table of its operator: a bug.
     #[error("change record `{0}` belongs to no table of its operator")]
     Unrouted(String),
@@ -42,7 +45,8 @@ impl Error {
             Error::Partitions(_)
             | Error::Encode { .. }
             | Error::KeyColumn { .. }
-            | Error::Unrouted(_) => false,
+            | Error::Unrouted(_)
+            | Error::Setup(_) => false,
         }
     }
 }

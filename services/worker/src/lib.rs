@@ -17,6 +17,7 @@
 
 pub mod changes;
 pub mod error;
+pub mod grader;
 mod group;
 pub mod operator;
 pub mod view;
@@ -47,6 +48,7 @@ use tracing::{error, info, warn};
 pub use changes::TableDef;
 use changes::{Sent, Wire, table_of};
 pub use error::{Error, Result};
+pub use grader::Grader;
 use group::{Move, Moves, OwnerContext, load_checkpoint};
 pub use operator::{
     InventoryOperator, Operator, PartitionState, PosOperator, ProfilesOperator, TwinOperator,
@@ -240,6 +242,8 @@ pub struct Runner<O: Operator> {
     store: CheckpointStore,
     parts: BTreeMap<i32, Part<O::State>>,
     publish: Publish,
+    /// Set while this runner owns partition 0 (see [`Runner::leader`]).
+    leader: Arc<AtomicBool>,
 }
 
 /// Sinks and registries a [`Runner`] shares with the rest of the process.
@@ -300,7 +304,16 @@ impl<O: Operator> Runner<O> {
             store: shared.store,
             parts: BTreeMap::new(),
             publish,
+            leader: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A flag set while this runner owns partition 0 of its inputs. Work
+    /// that must run in one process of all the workers (grading, say) runs
+    /// where it is set: exactly one worker owns each partition, and the
+    /// flag follows partition 0 through restarts and rebalances.
+    pub fn leader(&self) -> Arc<AtomicBool> {
+        self.leader.clone()
     }
 
     /// The tables this runner publishes in this process; none when its
@@ -410,6 +423,9 @@ impl<O: Operator> Runner<O> {
             sent.seed(defs, &state.tables()?)?;
         }
         let resume = Some(resume.unwrap_or_default());
+        if p == 0 {
+            self.leader.store(true, Ordering::Release);
+        }
         self.parts.insert(
             p,
             Part {
@@ -671,6 +687,9 @@ impl<O: Operator> Runner<O> {
                 Move::Revoked(p) => {
                     if self.parts.remove(&p).is_none() {
                         continue;
+                    }
+                    if p == 0 {
+                        self.leader.store(false, Ordering::Release);
                     }
                     for topic in &self.topics {
                         tpl.add_partition(topic, p);
