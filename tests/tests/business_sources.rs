@@ -297,6 +297,44 @@ async fn every_business_record_lands_once_through_faults_and_a_restart() {
         "region codes were mapped"
     );
 
+    // POS lines naming a consumer go again to `consumer_pos`, keyed by the
+    // pseudonymised consumer, each exactly once.
+    let read = |t: &str, want: usize| {
+        let (b, t) = (bootstrap.clone(), cfg.topic_name(t));
+        tokio::task::spawn_blocking(move || read_topic(&b, &t, want))
+    };
+    let mut named: Vec<(String, String)> = read("pos", 1)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let env: Envelope<Value> = codec::decode_any(&r.payload).unwrap();
+            let c = env.payload["consumer_id"].as_str()?.to_owned();
+            Some((env.event_id, c))
+        })
+        .collect();
+    assert!(!named.is_empty(), "some POS lines name a consumer");
+    let mut copies: Vec<(String, String)> = read("consumer_pos", named.len())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let env: Envelope<Value> = codec::decode_any(&r.payload).unwrap();
+            assert_eq!(
+                env.payload["consumer_id"].as_str().unwrap().as_bytes(),
+                r.key
+            );
+            (env.event_id, String::from_utf8(r.key.clone()).unwrap())
+        })
+        .collect();
+    named.sort();
+    copies.sort();
+    assert_eq!(
+        copies, named,
+        "every consumer's POS line once, keyed by the consumer"
+    );
+    eprintln!("{} POS lines with a consumer on consumer_pos", copies.len());
+
     // Fused stock lies between what the members said for that object.
     assert!(!fused.is_empty(), "SCM and WMS stock was fused");
     let mut range: HashMap<(String, String), (f64, f64)> = HashMap::new();

@@ -9,7 +9,7 @@
 //! clears.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use marktwin::app::{self, Parts, Running};
 use marktwin_core::Config;

@@ -53,6 +53,7 @@ pub fn topic_schemas() -> Vec<(String, Value)> {
                     schema_of::<StateChange>("marktwin.v1 state change")
                 }
                 None if t.id == id::STOCK => schema_of::<StockRecord>("marktwin.v1 stock record"),
+                None if t.id == id::CONSUMER_POS => envelope_schema(EventKind::PosTransaction),
                 None => Value::Null,
             };
             (format!("{}.schema.json", t.name), schema)

@@ -100,6 +100,10 @@ pub mod id {
     /// the warehouse's stock region, so the inventory twin finds all of a
     /// region in one partition.
     pub const STOCK: &str = "stock";
+    /// POS lines that name a consumer, written again by the edge keyed by
+    /// the (pseudonymised) consumer id, so the consumer profiles find all
+    /// of a consumer's lines in one partition.
+    pub const CONSUMER_POS: &str = "consumer_pos";
 }
 
 fn source(id: &'static str, name: &'static str, key: &'static str, kind: EventKind) -> TopicSpec {
@@ -188,6 +192,13 @@ pub fn topics() -> Vec<TopicSpec> {
             key: "stock region of the warehouse",
             kind: None,
             ..source(id::STOCK, "stock", "", K::InventorySnapshot)
+        },
+        TopicSpec {
+            id: id::CONSUMER_POS,
+            name: "consumer-pos",
+            key: "consumer_id (pseudonymised)",
+            kind: None,
+            ..source(id::CONSUMER_POS, "consumer-pos", "", K::PosTransaction)
         },
         twin.clone(),
         TopicSpec {

@@ -44,6 +44,9 @@ pub struct Cleaned {
     /// The `stock` topic's key (the warehouse's stock region) when the
     /// record counts or moves stock; it goes there too.
     pub stock_key: Option<String>,
+    /// The `consumer_pos` topic's key (the pseudonymised consumer id) when
+    /// the record is a POS line that names a consumer; it goes there too.
+    pub consumer_key: Option<String>,
     id: u128,
 }
 
@@ -66,6 +69,11 @@ pub trait Check: Payload {
     fn normalise(&mut self, to: Unit, units: &UnitsConfig);
     /// Whether the event time is a real time to check against the clock.
     const TIMED: bool = true;
+    /// The (pseudonymised) consumer the record is about, if any: it goes to
+    /// the `consumer_pos` topic too, keyed by it.
+    fn consumer(&self) -> Option<&str> {
+        None
+    }
 }
 
 fn positive(field: &str, v: f64) -> Result<(), Reject> {
@@ -118,6 +126,9 @@ impl Check for PosTransaction {
         (self.quantity, self.unit_price) =
             convert(self.quantity, self.unit_price, self.unit, to, u);
         self.unit = to;
+    }
+    fn consumer(&self) -> Option<&str> {
+        self.consumer_id.as_deref().filter(|c| !c.is_empty())
     }
 }
 
@@ -428,6 +439,7 @@ impl Cleaner {
         if let Some(j) = &json {
             check_ranges(&self.ranges, j)?;
         }
+        let consumer_key = p.consumer().map(str::to_owned);
         let env = Envelope::wrap(&self.source, ingest_ms, p);
         let id = u128::from_str_radix(&env.event_id, 16).unwrap_or_default();
         let bytes =
@@ -439,6 +451,7 @@ impl Cleaner {
             key: env.key,
             bytes,
             stock_key,
+            consumer_key,
             payload: json.filter(|_| self.keep_payload),
             event_time_ms: env.event_time_ms,
             id,

@@ -86,6 +86,7 @@ pub struct RecordsOut {
     fuses: bool,
     inventory: marktwin_core::config::InventoryConfig,
     stock_topic: String,
+    consumer_topic: String,
     pending: Vec<DeadLetter>,
     read: IntCounter,
     produced: IntCounter,
@@ -116,6 +117,7 @@ impl RecordsOut {
             fuses,
             inventory: cfg.inventory.clone(),
             stock_topic: cfg.topic_name(marktwin_core::topics::id::STOCK),
+            consumer_topic: cfg.topic_name(marktwin_core::topics::id::CONSUMER_POS),
             pending: Vec::new(),
         }
     }
@@ -148,6 +150,8 @@ impl RecordsOut {
         let mut fused = Vec::new();
         // Stock-moving records again, keyed by stock region.
         let mut stock = Vec::new();
+        // POS lines that name a consumer again, keyed by the consumer.
+        let mut consumers = Vec::new();
         let mut fused_rules = Vec::new();
         let mut letters: Vec<DeadLetter> = std::mem::take(&mut self.pending);
         let pre = letters.len();
@@ -160,6 +164,7 @@ impl RecordsOut {
                     {
                         for f in self.sink.fuse(&source, kind, p, c.event_time_ms) {
                             let stock_key = self.inventory.stock_key(kind, &f.payload);
+                            let consumer_key = consumer_of(kind, &f.payload);
                             match encode_value(
                                 kind,
                                 &f.source,
@@ -170,6 +175,9 @@ impl RecordsOut {
                                 Ok(r) => {
                                     if let Some(k) = stock_key {
                                         stock.push((k, r.1.clone()));
+                                    }
+                                    if let Some(k) = consumer_key {
+                                        consumers.push((k, r.1.clone()));
                                     }
                                     fused.push(r);
                                     fused_rules.push(f.rule);
@@ -184,6 +192,9 @@ impl RecordsOut {
                     }
                     if let Some(k) = c.stock_key {
                         stock.push((k, c.bytes.clone()));
+                    }
+                    if let Some(k) = c.consumer_key {
+                        consumers.push((k, c.bytes.clone()));
                     }
                     good.push((c.key, c.bytes));
                 }
@@ -200,6 +211,7 @@ impl RecordsOut {
                 (topic.as_str(), &good),
                 (topic.as_str(), &fused),
                 (self.stock_topic.as_str(), &stock),
+                (self.consumer_topic.as_str(), &consumers),
                 (self.dead_letters.topic(), &dead),
             ])
             .await
@@ -234,4 +246,13 @@ impl RecordsOut {
             fused: fused.len(),
         })
     }
+}
+
+/// The consumer a fused POS event names, for the `consumer_pos` topic.
+fn consumer_of(kind: EventKind, payload: &Value) -> Option<String> {
+    (kind == EventKind::PosTransaction)
+        .then(|| payload.get("consumer_id")?.as_str())
+        .flatten()
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
 }
