@@ -13,6 +13,8 @@ use marktwin::app::{self, Parts};
 use marktwin_core::codec;
 use marktwin_core::events::{Envelope, EventKind, PosTransaction, Retailer, Unit};
 use marktwin_core::topics::{Encoding, id};
+use marktwin_state::consumer_profile::ConsumerRow;
+use marktwin_state::consumer_state::{ConsumerParams, ConsumerState};
 use marktwin_state::grading;
 use marktwin_state::retailer_profile::Profile;
 use marktwin_state::retailer_state::{RetailerParams, RetailerState};
@@ -38,6 +40,7 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
     cfg.profiles.grade_source = "pos".into();
     cfg.profiles.price_bands = vec![1.0, 3.0, 10.0];
     cfg.worker.publish_interval_ms = 1_000;
+    cfg.profiles.consumer_publish_interval_ms = 1_000;
     cfg.validate().expect("valid config");
     let partitions = cfg.topic(id::POS).partitions;
 
@@ -50,6 +53,11 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
     let mut line_no: HashMap<u64, u32> = HashMap::new();
     let mut records: Vec<(&str, i32, String, Vec<u8>)> = Vec::with_capacity(lines.len());
     let (pos_topic, retailers_topic) = (cfg.topic_name(id::POS), cfg.topic_name(id::RETAILERS));
+    let consumer_topic = cfg.topic_name(id::CONSUMER_POS);
+    let cparams = std::sync::Arc::new(ConsumerParams::from_config(&cfg));
+    let mut consumers: Vec<ConsumerState> = (0..partitions)
+        .map(|_| ConsumerState::new(cparams.clone()))
+        .collect();
     // Master records first: stores in three regions, so grading ranks
     // within each.
     let mut stores: Vec<u32> = lines.iter().map(|l| l.store).collect();
@@ -115,6 +123,11 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
             },
         };
         let bytes = codec::encode(&env, Encoding::Json).unwrap();
+        // Again keyed by the household, as the edge writes lines that name
+        // a consumer.
+        let q = (l.household % partitions as u32) as i32;
+        consumers[q as usize].apply(0, &bytes);
+        records.push((&consumer_topic, q, l.household.to_string(), bytes.clone()));
         let p = (l.store % partitions as u32) as i32;
         local[p as usize].apply(1, &bytes);
         records.push((&pos_topic, p, store, bytes));
@@ -123,6 +136,14 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
     for s in &mut local {
         s.evict();
     }
+    let mut consumer_rows: Vec<ConsumerRow> = consumers
+        .iter_mut()
+        .flat_map(|s| {
+            s.evict();
+            s.profiles().rows()
+        })
+        .collect();
+    consumer_rows.sort_by(|a, b| a.consumer.cmp(&b.consumer));
     let mut expected: Vec<Profile> = local.iter().flat_map(|s| s.profiles().profiles()).collect();
     expected.sort_by(|a, b| a.retailer.cmp(&b.retailer));
     let with_regions: Vec<(String, Profile)> = local
@@ -274,6 +295,71 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
     assert!(
         rows.iter()
             .all(|r| r["class_reason"].as_str().is_some_and(|s| !s.is_empty()))
+    );
+
+    // Consumer profiles: each partition of consumer_pos in the worker, the
+    // same lines in process.
+    let want: f64 = consumer_rows.iter().map(|c| c.monetary).sum();
+    let q = "SELECT consumer_id, recency_days, frequency, monetary, r_score, f_score, m_score, \
+             segment, favourite_skus, favourite_brand, brand_loyalty, favourite_store, \
+             store_loyalty, price_band, p_alive, expected_purchases, expected_spend \
+             FROM consumer_profiles ORDER BY consumer_id";
+    let rows = wait_rows(&running, q, Duration::from_secs(300), |rows| {
+        let got: f64 = rows
+            .iter()
+            .map(|r| r["monetary"].as_f64().unwrap_or(0.0))
+            .sum();
+        if rows.len() == consumer_rows.len() && (got - want).abs() <= 1e-6 * want {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} consumers, spend {got} of {want}",
+                rows.len(),
+                consumer_rows.len()
+            ))
+        }
+    })
+    .await;
+    for (r, c) in rows.iter().zip(&consumer_rows) {
+        let id = &c.consumer;
+        assert_eq!(r["consumer_id"], id.as_str());
+        let num = |n: &str| r[n].as_f64().unwrap_or(f64::NAN);
+        for (name, want) in [
+            ("recency_days", f64::from(c.recency_days)),
+            ("frequency", f64::from(c.frequency)),
+            ("monetary", c.monetary),
+            ("r_score", f64::from(c.rfm.r)),
+            ("f_score", f64::from(c.rfm.f)),
+            ("m_score", f64::from(c.rfm.m)),
+            ("brand_loyalty", c.brand_loyalty),
+            ("store_loyalty", c.store_loyalty),
+            ("p_alive", c.p_alive),
+            ("expected_purchases", c.expected_purchases),
+            ("expected_spend", c.expected_spend),
+        ] {
+            assert!(
+                close(num(name), want),
+                "consumer {id}: {name} {} through the broker, {want} in process",
+                r[name]
+            );
+        }
+        assert_eq!(r["segment"], c.segment.as_str(), "consumer {id}");
+        assert_eq!(r["price_band"], c.price_band.as_str(), "consumer {id}");
+        assert_eq!(
+            r["favourite_store"],
+            c.favourite_store.as_str(),
+            "consumer {id}"
+        );
+        let favourites: Vec<&str> = r["favourite_skus"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(favourites, c.favourite_skus, "consumer {id}");
+    }
+    let champions = rows.iter().filter(|r| r["segment"] == "Champions").count();
+    eprintln!(
+        "{} consumer profiles through the broker equal the in-process run ({champions} Champions)",
+        rows.len()
     );
     running.shutdown().await;
 }

@@ -34,8 +34,8 @@ use marktwin_state::SnapshotTable;
 use marktwin_state::checkpoint::CheckpointStore;
 use marktwin_worker::view::ViewMetrics;
 use marktwin_worker::{
-    Grader, InventoryOperator, Operator, PosOperator, ProfilesOperator, Runner, Shared, TableDef,
-    TwinOperator, View, WorkerMetrics,
+    ConsumersOperator, Grader, InventoryOperator, Operator, PosOperator, ProfilesOperator, Runner,
+    Shared, TableDef, TwinOperator, View, WorkerMetrics,
 };
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -335,6 +335,7 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
         let twin = TwinOperator::new(&cfg);
         let inventory = InventoryOperator::new(&cfg);
         let profiles = ProfilesOperator::new(&cfg);
+        let consumers = ConsumersOperator::new(&cfg);
         // The twins' and profiles' tables come back through their topics,
         // over all workers: one view per output topic.
         let mut by_topic: BTreeMap<&'static str, Vec<TableDef>> = BTreeMap::new();
@@ -343,6 +344,7 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
             .into_iter()
             .chain(inventory.tables())
             .chain(profiles.tables())
+            .chain(consumers.tables())
             .chain([Grader::table()])
         {
             if let Some(topic) = def.topic {
@@ -390,6 +392,10 @@ pub async fn start(mut cfg: Config, parts: Parts, http_listen: &str) -> Result<R
             &worker_stop,
         ));
         workers.push(spawn_runner(profiles, &worker_stop));
+        workers.push(spawn_runner(
+            Runner::new(&cfg, &bootstrap, consumers, shared.clone()),
+            &worker_stop,
+        ));
         for view in views {
             let stop = worker_stop.clone();
             workers.push(tokio::task::spawn_blocking(move || {

@@ -563,6 +563,11 @@ pub struct ProfilesConfig {
     /// Rules that mark key customers; any matching rule does, and its
     /// name is stored as the reason.
     pub key_rules: Vec<KeyRule>,
+    /// How often the consumer profiles are published (and purchase intent
+    /// refitted) once caught up, ms: every consumer's row is rendered and
+    /// compared, which for millions of consumers is too much for every
+    /// `worker.publish_interval_ms`.
+    pub consumer_publish_interval_ms: u64,
 }
 
 /// Profile fields a [`Condition`] can test.
@@ -620,6 +625,7 @@ impl Default for ProfilesConfig {
             churn_horizon_cycles: 4,
             potential_trend: 0.02,
             underserved_ratio: 0.75,
+            consumer_publish_interval_ms: 60_000,
             key_rules: vec![KeyRule {
                 name: "top grades".into(),
                 all: vec![Condition {
@@ -672,6 +678,9 @@ impl ProfilesConfig {
         }
         if !(self.potential_trend.is_finite() && self.potential_trend > 0.0) {
             return bad("profiles.potential_trend", "must be above 0");
+        }
+        if self.consumer_publish_interval_ms == 0 {
+            return bad("profiles.consumer_publish_interval_ms", "must be above 0");
         }
         if !(0.0..=1.0).contains(&self.underserved_ratio) {
             return bad("profiles.underserved_ratio", "must be between 0 and 1");

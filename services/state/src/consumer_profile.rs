@@ -25,11 +25,16 @@
 use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
+use datafusion::arrow::array::{ArrayRef, BinaryArray, Int32Array, StringArray};
+use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::config::ProfilesConfig;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::bgnbd::{BgNbd, Summary};
+use crate::error::Result;
 use crate::gamma_gamma::{GammaGamma, Spend};
 use crate::intern::Interner;
+use crate::record::{Cols, ck, strings};
 use crate::retailer_profile::band_label;
 use crate::rfm::{self, Breaks, Rfm, Segment};
 
@@ -81,6 +86,29 @@ impl<const N: usize> TopK<N> {
     }
 }
 
+// Serde has no impls for arrays of a generic length: as two slices.
+impl<const N: usize> Serialize for TopK<N> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.items[..], &self.counts[..]).serialize(s)
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for TopK<N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (items, counts): (Vec<u32>, Vec<u32>) = Deserialize::deserialize(d)?;
+        let mut t = TopK::default();
+        if items.len() != N || counts.len() != N {
+            return Err(serde::de::Error::invalid_length(
+                items.len(),
+                &"N items and N counts",
+            ));
+        }
+        t.items.copy_from_slice(&items);
+        t.counts.copy_from_slice(&counts);
+        Ok(t)
+    }
+}
+
 /// Favourite items by Filtered Space-Saving (Homem and Carvalho 2010):
 /// up to `SLOTS` monitored items with counts, and once they are full, 128
 /// hashed counters that an unmonitored item must climb before it may evict
@@ -89,7 +117,7 @@ impl<const N: usize> TopK<N> {
 /// households (median 277 distinct products) it finds the favourite product
 /// of about nine in ten, where plain Space-Saving of the same size finds
 /// about five. A consumer buying few SKUs never allocates the filter.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Favourites {
     slots: Vec<(u32, u32)>,
     filter: Vec<u16>,
@@ -145,7 +173,7 @@ impl Favourites {
 const BANDS: usize = 8;
 
 /// One consumer's running figures.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Consumer {
     first_day: i32,
     last_day: i32,
@@ -368,6 +396,80 @@ impl ConsumerProfiles {
             t_x: f64::from(c.last_day - c.first_day) / unit,
             t: f64::from(self.newest_day - c.first_day) / unit,
         }
+    }
+
+    /// The profiles as checkpoint tables: each consumer's record (postcard
+    /// encoded; a record is a handful of small counters and sketches) and
+    /// the interned names in id order.
+    pub fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        let keys = self.sorted();
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+        for (k, c) in &keys {
+            records.push(postcard::to_stdvec(c).map_err(|e| crate::Error::Restore {
+                table: "consumers",
+                detail: format!("consumer `{k}` cannot be encoded: {e}"),
+            })?);
+        }
+        let names = |i: &Interner| strings(i.names());
+        Ok(vec![
+            ck(
+                "consumers",
+                vec![
+                    ("consumer", strings(keys.iter().map(|(k, _)| *k))),
+                    (
+                        "record",
+                        Arc::new(BinaryArray::from_iter_values(records.iter())) as ArrayRef,
+                    ),
+                ],
+            )?,
+            ck("consumer_skus", vec![("name", names(&self.skus))])?,
+            ck("consumer_brands", vec![("name", names(&self.brands))])?,
+            ck("consumer_stores", vec![("name", names(&self.stores))])?,
+            ck(
+                "consumer_meta",
+                vec![(
+                    "newest_day",
+                    Arc::new(Int32Array::from(vec![self.newest_day])) as ArrayRef,
+                )],
+            )?,
+        ])
+    }
+
+    /// Profiles from checkpoint tables written by [`Self::save`]; the
+    /// purchase-intent models are fitted again by the next
+    /// [`Self::refit`].
+    pub fn restore(cfg: Arc<ProfilesConfig>, tables: &[(String, RecordBatch)]) -> Result<Self> {
+        let mut p = ConsumerProfiles::new(cfg);
+        for (table, interner) in [
+            ("consumer_skus", &mut p.skus),
+            ("consumer_brands", &mut p.brands),
+            ("consumer_stores", &mut p.stores),
+        ] {
+            if let Some(c) = Cols::of(tables, table) {
+                let names = c.get::<StringArray>("name")?;
+                for i in 0..c.rows() {
+                    interner.id(names.value(i));
+                }
+            }
+        }
+        if let Some(c) = Cols::of(tables, "consumers") {
+            let (ids, records) = (
+                c.get::<StringArray>("consumer")?,
+                c.get::<BinaryArray>("record")?,
+            );
+            p.consumers.reserve(c.rows());
+            for i in 0..c.rows() {
+                let rec: Consumer = postcard::from_bytes(records.value(i))
+                    .map_err(|e| c.bad(format!("consumer `{}`: {e}", ids.value(i))))?;
+                p.index
+                    .insert(Box::from(ids.value(i)), p.consumers.len() as u32);
+                p.consumers.push(rec);
+            }
+        }
+        if let Some(c) = Cols::of(tables, "consumer_meta") {
+            p.newest_day = c.one::<Int32Array>("newest_day")?.value(0);
+        }
+        Ok(p)
     }
 
     /// Every consumer's profile, ordered by consumer id, scored against

@@ -33,6 +33,12 @@ impl Interner {
         &self.names[id as usize]
     }
 
+    /// The strings in id order (interning them again in this order gives
+    /// the same ids).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
+
     /// Number of distinct strings.
     pub fn len(&self) -> usize {
         self.names.len()

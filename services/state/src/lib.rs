@@ -25,6 +25,7 @@ pub mod assortment;
 pub mod bgnbd;
 pub mod checkpoint;
 pub mod consumer_profile;
+pub mod consumer_state;
 pub mod daily_sales;
 pub mod error;
 pub mod gamma_gamma;

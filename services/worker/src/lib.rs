@@ -51,7 +51,8 @@ pub use error::{Error, Result};
 pub use grader::Grader;
 use group::{Move, Moves, OwnerContext, load_checkpoint};
 pub use operator::{
-    InventoryOperator, Operator, PartitionState, PosOperator, ProfilesOperator, TwinOperator,
+    ConsumersOperator, InventoryOperator, Operator, PartitionState, PosOperator, ProfilesOperator,
+    TwinOperator,
 };
 pub use view::View;
 
@@ -492,7 +493,11 @@ impl<O: Operator> Runner<O> {
         let mut saw_eof = false;
         let mut caught_up = false;
         let w = &self.cfg.worker;
-        let publish_every = Duration::from_millis(w.publish_interval_ms);
+        let publish_every = Duration::from_millis(
+            self.op
+                .publish_interval_ms()
+                .unwrap_or(w.publish_interval_ms),
+        );
         let checkpoint_every = Duration::from_millis(w.checkpoint.interval_ms);
         let idle = Duration::from_millis(w.twin.idle_timeout_ms);
         let max_batch = w.max_batch;

@@ -14,6 +14,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use marktwin_core::Config;
 use marktwin_core::config::UnitsConfig;
 use marktwin_core::topics::id;
+use marktwin_state::consumer_state::{self, ConsumerParams, ConsumerState};
 use marktwin_state::daily_sales::{self, DailySales};
 use marktwin_state::inventory::{self, Inventory, InventoryParams};
 use marktwin_state::line_twin::{self, TwinParams};
@@ -58,6 +59,11 @@ pub trait Operator: Send + 'static {
     fn restore(&self, tables: &[(String, RecordBatch)]) -> Result<Self::State>;
     /// The query tables this operator keeps, and where each goes.
     fn tables(&self) -> Vec<TableDef>;
+    /// How often its tables are published once caught up, if not every
+    /// `worker.publish_interval_ms` (rendering them is costly, say).
+    fn publish_interval_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The table definitions of a state with tables `names`, `schemas` and
@@ -335,5 +341,70 @@ impl Operator for ProfilesOperator {
             &RetailerState::KEYS,
             |_| id::PROFILES,
         )
+    }
+}
+
+/// POS lines that name a consumer (the `consumer_pos` topic, keyed by the
+/// pseudonymised consumer) into consumer profiles and purchase intent.
+pub struct ConsumersOperator {
+    params: Arc<ConsumerParams>,
+    publish_interval_ms: u64,
+}
+
+impl ConsumersOperator {
+    /// The operator for `cfg`.
+    pub fn new(cfg: &Config) -> Self {
+        ConsumersOperator {
+            params: Arc::new(ConsumerParams::from_config(cfg)),
+            publish_interval_ms: cfg.profiles.consumer_publish_interval_ms,
+        }
+    }
+}
+
+impl PartitionState for ConsumerState {
+    fn apply(&mut self, input: usize, value: &[u8]) -> Applied {
+        ConsumerState::apply(self, input, value)
+    }
+    fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        Ok(ConsumerState::save(self)?)
+    }
+    fn tables(&self) -> Result<Vec<Vec<RecordBatch>>> {
+        Ok(vec![vec![self.to_batch()?]])
+    }
+    fn applied(&self) -> u64 {
+        ConsumerState::applied(self)
+    }
+    fn rows(&self) -> usize {
+        ConsumerState::rows(self)
+    }
+    fn evict(&mut self) {
+        ConsumerState::evict(self)
+    }
+}
+
+impl Operator for ConsumersOperator {
+    type State = ConsumerState;
+    fn name(&self) -> &'static str {
+        "consumers"
+    }
+    fn inputs(&self) -> &'static [&'static str] {
+        &consumer_state::INPUTS
+    }
+    fn empty(&self) -> ConsumerState {
+        ConsumerState::new(self.params.clone())
+    }
+    fn restore(&self, tables: &[(String, RecordBatch)]) -> Result<ConsumerState> {
+        Ok(ConsumerState::restore(self.params.clone(), tables)?)
+    }
+    fn tables(&self) -> Vec<TableDef> {
+        vec![TableDef {
+            name: consumer_state::PROFILES_TABLE,
+            schema: ConsumerState::schema(),
+            key: consumer_state::PROFILES_KEY,
+            topic: Some(id::PROFILES),
+        }]
+    }
+    fn publish_interval_ms(&self) -> Option<u64> {
+        Some(self.publish_interval_ms)
     }
 }
