@@ -20,7 +20,7 @@ use marktwin_state::retailer_profile::Profile;
 use marktwin_state::retailer_state::{RetailerParams, RetailerState};
 use marktwin_tests::{complete_journey, wait_rows};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const WORKER: Parts = Parts {
     embedded_broker: false,
@@ -136,14 +136,33 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
     for s in &mut local {
         s.evict();
     }
-    let mut consumer_rows: Vec<ConsumerRow> = consumers
-        .iter_mut()
-        .flat_map(|s| {
-            s.evict();
-            s.profiles().rows()
-        })
-        .collect();
-    consumer_rows.sort_by(|a, b| a.consumer.cmp(&b.consumer));
+    // Each consumer's profile with its suggestions, from the published
+    // batches of each partition.
+    let mut consumer_rows: Vec<(ConsumerRow, Value)> = Vec::new();
+    for s in &mut consumers {
+        s.evict();
+        let batch = s.to_batch().unwrap();
+        let lists = |name: &str| {
+            let mut buf = Vec::new();
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut buf);
+            w.write(
+                &batch
+                    .project(&[batch.schema().index_of(name).unwrap()])
+                    .unwrap(),
+            )
+            .unwrap();
+            w.finish().unwrap();
+            serde_json::from_slice::<Vec<Value>>(&buf).unwrap()
+        };
+        let (tips, why) = (lists("suggested_skus"), lists("suggestion_reasons"));
+        for ((r, t), w) in s.profiles().rows().into_iter().zip(tips).zip(why) {
+            consumer_rows.push((
+                r,
+                json!({"skus": t["suggested_skus"], "why": w["suggestion_reasons"]}),
+            ));
+        }
+    }
+    consumer_rows.sort_by(|a, b| a.0.consumer.cmp(&b.0.consumer));
     let mut expected: Vec<Profile> = local.iter().flat_map(|s| s.profiles().profiles()).collect();
     expected.sort_by(|a, b| a.retailer.cmp(&b.retailer));
     let with_regions: Vec<(String, Profile)> = local
@@ -299,11 +318,11 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
 
     // Consumer profiles: each partition of consumer_pos in the worker, the
     // same lines in process.
-    let want: f64 = consumer_rows.iter().map(|c| c.monetary).sum();
+    let want: f64 = consumer_rows.iter().map(|c| c.0.monetary).sum();
     let q = "SELECT consumer_id, recency_days, frequency, monetary, r_score, f_score, m_score, \
              segment, favourite_skus, favourite_brand, brand_loyalty, favourite_store, \
-             store_loyalty, price_band, p_alive, expected_purchases, expected_spend \
-             FROM consumer_profiles ORDER BY consumer_id";
+             store_loyalty, price_band, p_alive, expected_purchases, expected_spend, \
+             suggested_skus, suggestion_reasons FROM consumer_profiles ORDER BY consumer_id";
     let rows = wait_rows(&running, q, Duration::from_secs(300), |rows| {
         let got: f64 = rows
             .iter()
@@ -320,7 +339,8 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
         }
     })
     .await;
-    for (r, c) in rows.iter().zip(&consumer_rows) {
+    let mut suggested = 0;
+    for (r, (c, tips)) in rows.iter().zip(&consumer_rows) {
         let id = &c.consumer;
         assert_eq!(r["consumer_id"], id.as_str());
         let num = |n: &str| r[n].as_f64().unwrap_or(f64::NAN);
@@ -355,11 +375,23 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         assert_eq!(favourites, c.favourite_skus, "consumer {id}");
+        assert_eq!(r["suggested_skus"], tips["skus"], "consumer {id}");
+        assert_eq!(r["suggestion_reasons"], tips["why"], "consumer {id}");
+        suggested += usize::from(
+            r["suggestion_reasons"][0]
+                .as_str()
+                .is_some_and(|w| w.starts_with("bought with")),
+        );
     }
     let champions = rows.iter().filter(|r| r["segment"] == "Champions").count();
     eprintln!(
-        "{} consumer profiles through the broker equal the in-process run ({champions} Champions)",
+        "{} consumer profiles through the broker equal the in-process run ({champions} Champions; \
+         {suggested} with a first suggestion bought with a favourite)",
         rows.len()
+    );
+    assert!(
+        suggested > rows.len() / 2,
+        "suggestions come from co-occurrence"
     );
     running.shutdown().await;
 }

@@ -226,6 +226,8 @@ pub struct ConsumerRow {
     pub segment: String,
     /// Up to three favourite SKUs, most bought first.
     pub favourite_skus: Vec<String>,
+    /// Ids of every SKU the favourites sketch monitors, most bought first.
+    pub favourite_sku_ids: Vec<u32>,
     /// Favourite brand (`unknown` for SKUs without one).
     pub favourite_brand: String,
     /// Share of lines of the favourite brand.
@@ -289,8 +291,10 @@ impl ConsumerProfiles {
         self.consumers.is_empty()
     }
 
-    /// Applies one line.
-    pub fn add(&mut self, l: &ConsumerLine<'_>) {
+    /// Applies one line; returns the SKU's id (see [`Self::sku_name`]) and
+    /// the basket's key (basket and store), for models that learn from
+    /// the same lines.
+    pub fn add(&mut self, l: &ConsumerLine<'_>) -> (u32, u64) {
         self.newest_day = self.newest_day.max(l.day);
         let sku = self.skus.id(l.sku);
         let brand = self
@@ -353,6 +357,13 @@ impl ConsumerProfiles {
         c.skus.add(sku);
         c.brands.add(brand);
         c.bands[band] += 1;
+        (sku, basket)
+    }
+
+    /// The SKU code of an id from [`Self::add`] or
+    /// [`ConsumerRow::favourite_sku_ids`].
+    pub fn sku_name(&self, id: u32) -> &str {
+        self.skus.name(id)
     }
 
     /// Refits the purchase-intent models on at most 20,000 consumers (every
@@ -491,6 +502,7 @@ impl ConsumerProfiles {
                 let scores = breaks.score(&rfm_of(c));
                 let brands = c.brands.top();
                 let stores = c.stores.top();
+                let favourites = c.skus.top();
                 let band = (0..band_names.len())
                     .max_by_key(|b| (c.bands[*b], std::cmp::Reverse(*b)))
                     .unwrap_or(0);
@@ -512,13 +524,12 @@ impl ConsumerProfiles {
                     monetary: c.monetary,
                     rfm: scores,
                     segment: rfm::segment(&map, scores).to_owned(),
-                    favourite_skus: c
-                        .skus
-                        .top()
+                    favourite_skus: favourites
                         .iter()
                         .take(3)
                         .map(|(s, _)| self.skus.name(*s).to_owned())
                         .collect(),
+                    favourite_sku_ids: favourites.iter().map(|(s, _)| *s).collect(),
                     favourite_brand: brands
                         .first()
                         .map_or_else(String::new, |(b, _)| self.brands.name(*b).to_owned()),

@@ -25,6 +25,7 @@ use marktwin_core::topics::id;
 
 use crate::consumer_profile::{ConsumerLine, ConsumerProfiles, ConsumerRow};
 use crate::error::Result;
+use crate::recommend::{CoBought, Model, Reason};
 use crate::record::{
     Applied, Cols, RecentIds, Rejected, build, ck, decode, float64s, int64s, parse_id, strings,
 };
@@ -64,17 +65,28 @@ impl ConsumerParams {
 pub struct ConsumerState {
     params: Arc<ConsumerParams>,
     profiles: ConsumerProfiles,
+    /// Items bought together, learned from this partition's baskets.
+    co: CoBought,
     recent: RecentIds,
     applied: u64,
     /// Lines applied since the last refit.
     unfitted: bool,
 }
 
+/// Baskets still open to the co-occurrence model (a receipt's lines
+/// arrive together).
+const OPEN_BASKETS: usize = 10_000;
+/// Suggestions per consumer.
+const SUGGESTIONS: usize = 5;
+/// Favourites a consumer's suggestions start from.
+const SEEDS: usize = 5;
+
 impl ConsumerState {
     /// Empty.
     pub fn new(params: Arc<ConsumerParams>) -> Self {
         ConsumerState {
             profiles: ConsumerProfiles::new(params.profiles.clone()),
+            co: CoBought::new(OPEN_BASKETS),
             recent: RecentIds::new(params.dedup_window),
             params,
             applied: 0,
@@ -136,7 +148,7 @@ impl ConsumerState {
             return Ok(Applied::DuplicateEvent);
         }
         let day = (t.transaction_time_ms + self.params.offset_ms).div_euclid(MS_PER_DAY) as i32;
-        self.profiles.add(&ConsumerLine {
+        let (sku, basket) = self.profiles.add(&ConsumerLine {
             consumer,
             store: &t.store_code,
             basket: basket_id(&t.order_number),
@@ -145,16 +157,39 @@ impl ConsumerState {
             quantity: self.params.units.to_report(t.quantity, t.unit),
             amount: t.total_amount,
         });
+        self.co.add(basket, None, sku);
         self.applied += 1;
         self.unfitted = true;
         Ok(Applied::Applied)
     }
 
-    /// Refits purchase intent if lines came since the last fit.
+    /// Refits purchase intent and refreshes the popular items if lines
+    /// came since the last fit.
     pub fn evict(&mut self) {
         if std::mem::take(&mut self.unfitted) {
             self.profiles.refit();
+            self.co.refresh_popular();
         }
+    }
+
+    /// Next-basket suggestions for a consumer with favourites `ids` (most
+    /// bought first): SKUs most bought together with the first few, never
+    /// one the consumer already buys often, popular ones filling up; each
+    /// with its reason.
+    fn suggest(&self, ids: &[u32]) -> Vec<(String, String)> {
+        let seeds = &ids[..ids.len().min(SEEDS)];
+        self.co
+            .recommend(Model::default(), None, seeds, ids, SUGGESTIONS)
+            .into_iter()
+            .map(|s| {
+                let why = match s.reason {
+                    Reason::BoughtWith(i) => format!("bought with {}", self.profiles.sku_name(i)),
+                    Reason::BoughtBefore(n) => format!("bought in {n} baskets before"),
+                    Reason::Popular => "popular".to_owned(),
+                };
+                (self.profiles.sku_name(s.item).to_owned(), why)
+            })
+            .collect()
     }
 
     /// The schema of [`PROFILES_TABLE`].
@@ -163,6 +198,10 @@ impl ConsumerState {
         let f64f = |n: &str| Field::new(n, DataType::Float64, false);
         let f64n = |n: &str| Field::new(n, DataType::Float64, true);
         let u32f = |n: &str| Field::new(n, DataType::UInt32, false);
+        let list = |n: &str| {
+            let item = Arc::new(Field::new_list_field(DataType::Utf8, true));
+            Field::new(n, DataType::List(item), false)
+        };
         Arc::new(Schema::new(vec![
             utf8("consumer_id"),
             Field::new("recency_days", DataType::Int32, false),
@@ -172,11 +211,7 @@ impl ConsumerState {
             u32f("f_score"),
             u32f("m_score"),
             utf8("segment"),
-            Field::new(
-                "favourite_skus",
-                DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
-                false,
-            ),
+            list("favourite_skus"),
             utf8("favourite_brand"),
             f64f("brand_loyalty"),
             utf8("favourite_store"),
@@ -185,16 +220,27 @@ impl ConsumerState {
             f64n("p_alive"),
             f64n("expected_purchases"),
             f64n("expected_spend"),
+            list("suggested_skus"),
+            list("suggestion_reasons"),
         ]))
     }
 
-    /// The published table: every consumer's profile.
+    /// The published table: every consumer's profile and suggestions.
     pub fn to_batch(&self) -> Result<RecordBatch> {
-        Self::batch(&self.profiles.rows())
+        let rows = self.profiles.rows();
+        let suggestions: Vec<_> = rows
+            .iter()
+            .map(|r| self.suggest(&r.favourite_sku_ids))
+            .collect();
+        Self::batch(&rows, &suggestions)
     }
 
-    /// `rows` as a batch of [`Self::schema`].
-    pub fn batch(rows: &[ConsumerRow]) -> Result<RecordBatch> {
+    /// `rows` with their `suggestions` (SKU, reason) as a batch of
+    /// [`Self::schema`].
+    pub fn batch(
+        rows: &[ConsumerRow],
+        suggestions: &[Vec<(String, String)>],
+    ) -> Result<RecordBatch> {
         let nan = |v: f64| (!v.is_nan()).then_some(v);
         let u32s = |f: fn(&ConsumerRow) -> u32| -> ArrayRef {
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(f)))
@@ -202,13 +248,29 @@ impl ConsumerState {
         let opt = |f: fn(&ConsumerRow) -> f64| -> ArrayRef {
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| nan(f(r)))))
         };
-        let mut favourites = ListBuilder::new(StringBuilder::new());
-        for r in rows {
-            for s in &r.favourite_skus {
-                favourites.values().append_value(s);
+        let lists = |each: &mut dyn FnMut(&mut ListBuilder<StringBuilder>, usize)| {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for i in 0..rows.len() {
+                each(&mut b, i);
+                b.append(true);
             }
-            favourites.append(true);
-        }
+            Arc::new(b.finish()) as ArrayRef
+        };
+        let favourites = lists(&mut |b, i| {
+            for s in &rows[i].favourite_skus {
+                b.values().append_value(s);
+            }
+        });
+        let suggested = lists(&mut |b, i| {
+            for (s, _) in &suggestions[i] {
+                b.values().append_value(s);
+            }
+        });
+        let reasons = lists(&mut |b, i| {
+            for (_, why) in &suggestions[i] {
+                b.values().append_value(why);
+            }
+        });
         build(
             PROFILES_TABLE,
             &Self::schema(),
@@ -223,7 +285,7 @@ impl ConsumerState {
                 u32s(|r| u32::from(r.rfm.f)),
                 u32s(|r| u32::from(r.rfm.m)),
                 strings(rows.iter().map(|r| r.segment.as_str())),
-                Arc::new(favourites.finish()),
+                favourites,
                 strings(rows.iter().map(|r| r.favourite_brand.as_str())),
                 float64s(rows.iter().map(|r| r.brand_loyalty)),
                 strings(rows.iter().map(|r| r.favourite_store.as_str())),
@@ -232,6 +294,8 @@ impl ConsumerState {
                 opt(|r| r.p_alive),
                 opt(|r| r.expected_purchases),
                 opt(|r| r.expected_spend),
+                suggested,
+                reasons,
             ],
         )
     }
@@ -239,6 +303,7 @@ impl ConsumerState {
     /// The state as checkpoint tables.
     pub fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
         let mut t = self.profiles.save()?;
+        t.extend(self.co.save()?);
         t.push(self.recent.save()?);
         t.push(ck(
             "meta",
@@ -251,6 +316,7 @@ impl ConsumerState {
     pub fn restore(params: Arc<ConsumerParams>, tables: &[(String, RecordBatch)]) -> Result<Self> {
         let mut s = ConsumerState::new(params.clone());
         s.profiles = ConsumerProfiles::restore(params.profiles.clone(), tables)?;
+        s.co = CoBought::restore(OPEN_BASKETS, tables)?;
         s.recent.restore(tables)?;
         if let Some(c) = Cols::of(tables, "meta") {
             s.applied = c.one::<Int64Array>("applied")?.value(0) as u64;
@@ -340,6 +406,20 @@ mod tests {
         assert_eq!(c06.frequency, 7, "seven baskets of two lines");
         assert_eq!(c06.monetary, 70.0);
         assert!(c06.p_alive.is_finite(), "purchase intent fitted");
+        // Everyone buys A and B; c00 also buys C, so C is suggested to the
+        // others with A or B as the reason.
+        s.apply(0, &line(id + 2, "c00", "ord-0-0", 20_000, "C", 5.0));
+        s.evict();
+        let c01 = s
+            .profiles()
+            .rows()
+            .into_iter()
+            .find(|r| r.consumer == "c01")
+            .unwrap();
+        let tips = s.suggest(&c01.favourite_sku_ids);
+        assert_eq!(tips[0].0, "C", "{tips:?}");
+        assert!(tips[0].1.starts_with("bought with "), "{tips:?}");
+        let batch = s.to_batch().unwrap();
 
         let saved = crate::record::owned(s.save().unwrap());
         let mut back = ConsumerState::restore(params, &saved).unwrap();

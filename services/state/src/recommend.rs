@@ -23,8 +23,14 @@
 //! [`crate::intern::Interner`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, ArrayRef, UInt32Array, UInt64Array};
+use datafusion::arrow::record_batch::RecordBatch;
 use foldhash::{HashMap, HashMapExt};
+
+use crate::error::Result;
+use crate::record::{Cols, ck};
 
 /// Which scores rank the candidates.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -231,6 +237,143 @@ impl CoBought {
         self.history.keys().copied()
     }
 
+    /// The model as checkpoint tables (`co_items`, `co_pairs`,
+    /// `co_history`, `co_open`, `co_meta`).
+    pub fn save(&self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        let u32s = |v: Vec<u32>| Arc::new(UInt32Array::from(v)) as ArrayRef;
+        let u64s = |v: Vec<u64>| Arc::new(UInt64Array::from(v)) as ArrayRef;
+        let (mut a, mut b, mut n) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, m) in self.together.iter().enumerate() {
+            let mut row: Vec<(u32, u32)> = m
+                .iter()
+                .filter(|(j, _)| **j > i as u32)
+                .map(|(j, c)| (*j, *c))
+                .collect();
+            row.sort_unstable();
+            for (j, c) in row {
+                a.push(i as u32);
+                b.push(j);
+                n.push(c);
+            }
+        }
+        let (mut hc, mut hi, mut hn) = (Vec::new(), Vec::new(), Vec::new());
+        let mut customers: Vec<&u32> = self.history.keys().collect();
+        customers.sort_unstable();
+        for c in customers {
+            let mut items: Vec<(u32, u32)> =
+                self.history[c].iter().map(|(i, n)| (*i, *n)).collect();
+            items.sort_unstable();
+            for (i, k) in items {
+                hc.push(*c);
+                hi.push(i);
+                hn.push(k);
+            }
+        }
+        let (mut ob, mut oc, mut oi) = (Vec::new(), Vec::new(), Vec::new());
+        for basket in &self.open_order {
+            if let Some(o) = self.open.get(basket) {
+                for item in &o.items {
+                    ob.push(*basket);
+                    oc.push(o.customer);
+                    oi.push(*item);
+                }
+            }
+        }
+        Ok(vec![
+            ck(
+                "co_items",
+                vec![("baskets", u32s(self.baskets_with.clone()))],
+            )?,
+            ck(
+                "co_pairs",
+                vec![("a", u32s(a)), ("b", u32s(b)), ("n", u32s(n))],
+            )?,
+            ck(
+                "co_history",
+                vec![("customer", u32s(hc)), ("item", u32s(hi)), ("n", u32s(hn))],
+            )?,
+            ck(
+                "co_open",
+                vec![
+                    ("basket", u64s(ob)),
+                    ("customer", Arc::new(UInt32Array::from(oc)) as ArrayRef),
+                    ("item", u32s(oi)),
+                ],
+            )?,
+            ck(
+                "co_meta",
+                vec![
+                    ("baskets", u64s(vec![self.baskets])),
+                    ("popular_at", u64s(vec![self.popular_at])),
+                ],
+            )?,
+        ])
+    }
+
+    /// The model from checkpoint tables written by [`Self::save`].
+    pub fn restore(open_cap: usize, tables: &[(String, RecordBatch)]) -> Result<Self> {
+        let mut m = CoBought::new(open_cap);
+        if let Some(c) = Cols::of(tables, "co_items") {
+            m.baskets_with = c.get::<UInt32Array>("baskets")?.values().to_vec();
+            m.together = vec![HashMap::new(); m.baskets_with.len()];
+        }
+        let items = m.baskets_with.len();
+        if let Some(c) = Cols::of(tables, "co_pairs") {
+            let (a, b, n) = (
+                c.get::<UInt32Array>("a")?,
+                c.get::<UInt32Array>("b")?,
+                c.get::<UInt32Array>("n")?,
+            );
+            for r in 0..c.rows() {
+                let (i, j) = (a.value(r), b.value(r));
+                if i as usize >= items || j as usize >= items {
+                    return Err(c.bad(format!("pair ({i}, {j}) names an item beyond {items}")));
+                }
+                m.together[i as usize].insert(j, n.value(r));
+                m.together[j as usize].insert(i, n.value(r));
+            }
+        }
+        if let Some(c) = Cols::of(tables, "co_history") {
+            let (cu, it, n) = (
+                c.get::<UInt32Array>("customer")?,
+                c.get::<UInt32Array>("item")?,
+                c.get::<UInt32Array>("n")?,
+            );
+            for r in 0..c.rows() {
+                m.history
+                    .entry(cu.value(r))
+                    .or_default()
+                    .insert(it.value(r), n.value(r));
+            }
+        }
+        if let Some(c) = Cols::of(tables, "co_open") {
+            let (b, cu, it) = (
+                c.get::<UInt64Array>("basket")?,
+                c.get::<UInt32Array>("customer")?,
+                c.get::<UInt32Array>("item")?,
+            );
+            for r in 0..c.rows() {
+                let (basket, item) = (b.value(r), it.value(r));
+                if let Some(open) = m.open.get_mut(&basket) {
+                    open.items.push(item);
+                } else {
+                    m.open_order.push_back(basket);
+                    let customer = cu.is_valid(r).then(|| cu.value(r));
+                    let items = vec![item];
+                    m.open.insert(basket, Open { customer, items });
+                }
+            }
+        }
+        if let Some(c) = Cols::of(tables, "co_meta") {
+            m.baskets = c.one::<UInt64Array>("baskets")?.value(0);
+            m.popular_at = c.one::<UInt64Array>("popular_at")?.value(0);
+        }
+        let at = m.popular_at;
+        m.refresh_popular();
+        m.popular_at = at;
+        Ok(m)
+    }
+
     /// Item pairs held, for the state-size metric.
     pub fn pairs(&self) -> usize {
         self.together.iter().map(HashMap::len).sum()
@@ -380,5 +523,31 @@ mod tests {
             p.iter().map(|s| s.item).collect::<Vec<_>>(),
             vec![bread, butter]
         );
+    }
+
+    #[test]
+    fn a_restored_model_ranks_and_learns_like_the_original() {
+        let mut c = CoBought::new(2);
+        learn(
+            &mut c,
+            &[
+                (1, 7, &[1, 2, 3]),
+                (2, 8, &[2, 3]),
+                (3, 7, &[3, 4]),
+                (4, 9, &[1, 4]),
+            ],
+        );
+        // Basket 4 is still open: its next line must pair with 1 and 4.
+        let saved = crate::record::owned(c.save().unwrap());
+        let mut back = CoBought::restore(2, &saved).unwrap();
+        for m in [&mut c, &mut back] {
+            m.add(4, Some(9), 2);
+        }
+        assert_eq!(back.together(2, 4), c.together(2, 4));
+        assert_eq!(back.together(2, 4), 1);
+        assert_eq!(back.baskets(), c.baskets());
+        assert_eq!(back.pairs(), c.pairs());
+        let rank = |m: &CoBought| m.recommend(Model::default(), Some(7), &[3], &[], 3);
+        assert_eq!(rank(&back), rank(&c));
     }
 }
