@@ -9,8 +9,11 @@
 //!    (pseudonymised 64-hex ids, a few SKUs each, as tobacco shoppers buy),
 //!    each in its own process, ours against exact per-consumer maps of the
 //!    same facts;
+//!    The worker's partition states (profiles and consumers operators) are
+//!    measured on the same lines as JSON records, against decoding them;
 //! 3. time to refresh: every store's profile, grading, SKU proposals for
-//!    every retailer, consumer purchase-intent refit and rows.
+//!    every retailer, consumer purchase-intent refit and rows, and one
+//!    publish of the consumers operator.
 //!
 //! `cargo bench --workspace --bench profiles`. Goal (issue 5): at most
 //! 500 MB per million consumer profiles.
@@ -21,12 +24,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use marktwin_benches::{child, cpu_secs, env_num, field, rss_mib};
+use marktwin_core::Config;
+use marktwin_core::codec;
 use marktwin_core::config::ProfilesConfig;
+use marktwin_core::events::{Envelope, EventKind, PosTransaction, Unit};
+use marktwin_core::topics::Encoding;
 use marktwin_state::assortment::Assortments;
 use marktwin_state::consumer_profile::{ConsumerLine, ConsumerProfiles};
+use marktwin_state::consumer_state::{ConsumerParams, ConsumerState};
 use marktwin_state::grading;
 use marktwin_state::recommend::CoBought;
 use marktwin_state::retailer_profile::{Line, RetailerProfiles, Source};
+use marktwin_state::retailer_state::{RetailerParams, RetailerState};
+use marktwin_tests::CjLine;
 
 /// Synthetic consumer lines: `n` consumers, 12 lines each over 6 baskets,
 /// 3 of 40 SKUs per consumer, in time order.
@@ -112,6 +122,35 @@ fn memory_role(ours: bool) {
         "FIGURES mib={mib:.1} bytes_per_consumer={:.0}",
         mib * 1024.0 * 1024.0 / n as f64
     );
+}
+
+/// Line `i` as the edge writes it to the `pos` and `consumer_pos` topics.
+fn pos_record(i: usize, l: &CjLine, t: &(String, String, String, String, i32)) -> Vec<u8> {
+    let ms = i64::from(t.4) * 86_400_000 + 43_200_000;
+    let env = Envelope {
+        event_id: format!("{i:032x}"),
+        kind: EventKind::PosTransaction,
+        source: "complete-journey".into(),
+        schema_version: 1,
+        event_time_ms: ms,
+        ingest_time_ms: ms,
+        key: t.0.clone(),
+        payload: PosTransaction {
+            store_code: t.0.clone(),
+            order_number: t.1.clone(),
+            line_no: (i % 1_000) as u32,
+            consumer_id: Some(t.3.clone()),
+            consumer_phone: None,
+            sku_code: t.2.clone(),
+            sku_name: String::new(),
+            unit_price: l.sales_value / l.quantity.max(1.0),
+            quantity: l.quantity,
+            unit: Unit::Pack,
+            total_amount: l.sales_value,
+            transaction_time_ms: ms,
+        },
+    };
+    codec::encode(&env, Encoding::Json).expect("encodable")
 }
 
 /// Lines per second per CPU second of `f` over `n` lines.
@@ -224,6 +263,61 @@ fn main() {
         base,
         &format!("; {} item pairs", co.pairs()),
     );
+
+    // The worker's partition states, fed the records as they come off the
+    // topics (JSON envelopes, encoded once outside the timings), against
+    // decoding them alone.
+    println!("\nWorker states on the same lines as JSON records; records/s per CPU second");
+    let records: Vec<Vec<u8>> = lines
+        .iter()
+        .zip(&text)
+        .enumerate()
+        .map(|(i, (l, t))| pos_record(i, l, t))
+        .collect();
+    let (decode, _) = rate(n, || {
+        for r in &records {
+            let env: Envelope<PosTransaction> = codec::decode_any(r).expect("a POS envelope");
+            black_box(env);
+        }
+    });
+    println!(
+        "{:<44} {:>12.0}",
+        "baseline: decoding the record alone", decode
+    );
+    let wcfg = Config {
+        profiles: (*cfg).clone(),
+        ..Config::default()
+    };
+    let mut retailer_state = RetailerState::new(Arc::new(RetailerParams::from_config(&wcfg)));
+    let (rs, _) = rate(n, || {
+        for r in &records {
+            black_box(retailer_state.apply(1, r));
+        }
+    });
+    against_base("profiles operator (retailer state)", rs, decode, " decode");
+    let mut consumer_state = ConsumerState::new(Arc::new(ConsumerParams::from_config(&wcfg)));
+    let (cs, _) = rate(n, || {
+        for r in &records {
+            black_box(consumer_state.apply(0, r));
+        }
+    });
+    against_base(
+        "consumers operator (profiles, co-occurrence)",
+        cs,
+        decode,
+        " decode",
+    );
+    drop(records);
+    let t = Instant::now();
+    consumer_state.evict();
+    let batch = consumer_state.to_batch().expect("consumer rows");
+    println!(
+        "{:<44} {:>9.3} s  ({} consumers: refit, rows, suggestions)",
+        "one consumers publish (all households)",
+        t.elapsed().as_secs_f64(),
+        batch.num_rows()
+    );
+    black_box(batch);
 
     println!("\nRefresh times (wall, one core)");
     let t = Instant::now();
