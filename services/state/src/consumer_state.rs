@@ -18,6 +18,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use foldhash::HashMap;
 use marktwin_core::Config;
 use marktwin_core::config::{ProfilesConfig, UnitsConfig};
 use marktwin_core::events::{EventKind, PosTransaction};
@@ -25,7 +26,7 @@ use marktwin_core::topics::id;
 
 use crate::consumer_profile::{ConsumerLine, ConsumerProfiles, ConsumerRow};
 use crate::error::Result;
-use crate::recommend::{CoBought, Model, Reason};
+use crate::recommend::{CoBought, Reason};
 use crate::record::{
     Applied, Cols, RecentIds, Rejected, build, ck, decode, float64s, int64s, parse_id, strings,
 };
@@ -80,6 +81,8 @@ const OPEN_BASKETS: usize = 10_000;
 const SUGGESTIONS: usize = 5;
 /// Favourites a consumer's suggestions start from.
 const SEEDS: usize = 5;
+/// Partners kept per seed SKU: the candidates of its contribution.
+const PARTNERS: usize = 50;
 
 impl ConsumerState {
     /// Empty.
@@ -175,11 +178,15 @@ impl ConsumerState {
     /// Next-basket suggestions for a consumer with favourites `ids` (most
     /// bought first): SKUs most bought together with the first few, never
     /// one the consumer already buys often, popular ones filling up; each
-    /// with its reason.
-    fn suggest(&self, ids: &[u32]) -> Vec<(String, String)> {
+    /// with its reason. `neighbours` holds each seed's best partners.
+    fn suggest(
+        &self,
+        neighbours: &HashMap<u32, Vec<(u32, f64)>>,
+        ids: &[u32],
+    ) -> Vec<(String, String)> {
         let seeds = &ids[..ids.len().min(SEEDS)];
         self.co
-            .recommend(Model::default(), None, seeds, ids, SUGGESTIONS)
+            .recommend_from(neighbours, seeds, ids, SUGGESTIONS)
             .into_iter()
             .map(|s| {
                 let why = match s.reason {
@@ -190,6 +197,14 @@ impl ConsumerState {
                 (self.profiles.sku_name(s.item).to_owned(), why)
             })
             .collect()
+    }
+
+    /// The best partners of every consumer's seeds in `rows`, once.
+    fn neighbours(&self, rows: &[ConsumerRow]) -> HashMap<u32, Vec<(u32, f64)>> {
+        let seeds = rows
+            .iter()
+            .flat_map(|r| r.favourite_sku_ids.iter().take(SEEDS).copied());
+        self.co.neighbours(seeds, PARTNERS)
     }
 
     /// The schema of [`PROFILES_TABLE`].
@@ -228,9 +243,10 @@ impl ConsumerState {
     /// The published table: every consumer's profile and suggestions.
     pub fn to_batch(&self) -> Result<RecordBatch> {
         let rows = self.profiles.rows();
+        let neighbours = self.neighbours(&rows);
         let suggestions: Vec<_> = rows
             .iter()
-            .map(|r| self.suggest(&r.favourite_sku_ids))
+            .map(|r| self.suggest(&neighbours, &r.favourite_sku_ids))
             .collect();
         Self::batch(&rows, &suggestions)
     }
@@ -416,7 +432,8 @@ mod tests {
             .into_iter()
             .find(|r| r.consumer == "c01")
             .unwrap();
-        let tips = s.suggest(&c01.favourite_sku_ids);
+        let rows = s.profiles().rows();
+        let tips = s.suggest(&s.neighbours(&rows), &c01.favourite_sku_ids);
         assert_eq!(tips[0].0, "C", "{tips:?}");
         assert!(tips[0].1.starts_with("bought with "), "{tips:?}");
         let batch = s.to_batch().unwrap();

@@ -423,6 +423,70 @@ impl CoBought {
                 }
             }
         }
+        self.rank(scores, basket, exclude, k)
+    }
+
+    /// Per item of `items`, its `k` partners with the highest cosine
+    /// (times together over the root of both popularities): made once,
+    /// they serve many [`Self::recommend_from`] calls.
+    pub fn neighbours(
+        &self,
+        items: impl IntoIterator<Item = u32>,
+        k: usize,
+    ) -> HashMap<u32, Vec<(u32, f64)>> {
+        let mut out = HashMap::new();
+        for i in items {
+            if out.contains_key(&i) {
+                continue;
+            }
+            let ni = f64::from(self.popularity(i));
+            let cosine = self.partners(i).map(|(j, c)| {
+                (
+                    j,
+                    f64::from(c) / (ni * f64::from(self.popularity(j))).sqrt(),
+                )
+            });
+            out.insert(i, top_k(cosine, k));
+        }
+        out
+    }
+
+    /// The blend model without a customer history, from the neighbour
+    /// lists of [`Self::neighbours`] (which must hold every item of
+    /// `basket`): the same ranking as [`Self::recommend`] except that a
+    /// candidate outside an item's list gets nothing from that item.
+    pub fn recommend_from(
+        &self,
+        neighbours: &HashMap<u32, Vec<(u32, f64)>>,
+        basket: &[u32],
+        exclude: &[u32],
+        k: usize,
+    ) -> Vec<Suggestion> {
+        let mut scores: HashMap<u32, (f64, f64, Reason)> = HashMap::new();
+        for &i in basket {
+            for &(j, s) in neighbours.get(&i).into_iter().flatten() {
+                let e = scores
+                    .entry(j)
+                    .or_insert((0.0, f64::MIN, Reason::BoughtWith(i)));
+                e.0 += s;
+                if s > e.1 {
+                    e.1 = s;
+                    e.2 = Reason::BoughtWith(i);
+                }
+            }
+        }
+        self.rank(scores, basket, exclude, k)
+    }
+
+    /// The `k` best of `scores` (candidate → total, best contribution, its
+    /// reason) outside `basket` and `exclude`, popular items filling up.
+    fn rank(
+        &self,
+        scores: HashMap<u32, (f64, f64, Reason)>,
+        basket: &[u32],
+        exclude: &[u32],
+        k: usize,
+    ) -> Vec<Suggestion> {
         let skip = |i: &u32| basket.contains(i) || exclude.contains(i);
         let ranked: Vec<Suggestion> = scores
             .into_iter()
@@ -549,5 +613,32 @@ mod tests {
         assert_eq!(back.pairs(), c.pairs());
         let rank = |m: &CoBought| m.recommend(Model::default(), Some(7), &[3], &[], 3);
         assert_eq!(rank(&back), rank(&c));
+    }
+
+    #[test]
+    fn neighbour_lists_rank_like_the_blend_when_long_enough() {
+        let mut c = CoBought::new(10);
+        learn(
+            &mut c,
+            &[
+                (1, 1, &[1, 2, 3, 5]),
+                (2, 2, &[2, 3]),
+                (3, 3, &[3, 4, 1]),
+                (4, 4, &[1, 4, 5]),
+                (5, 5, &[2, 5]),
+            ],
+        );
+        let basket = [1, 2];
+        let full = c.neighbours(basket, 100);
+        let blend = Model::Blend { history: 0.0 };
+        assert_eq!(
+            c.recommend_from(&full, &basket, &[4], 3),
+            c.recommend(blend, None, &basket, &[4], 3)
+        );
+        // One partner per item: only each item's best partner scores.
+        let short = c.neighbours(basket, 1);
+        assert_eq!(short[&1].len(), 1);
+        let got = c.recommend_from(&short, &basket, &[], 3);
+        assert!(got.iter().all(|s| s.item != 1 && s.item != 2));
     }
 }
