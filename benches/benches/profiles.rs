@@ -27,8 +27,7 @@ use marktwin_benches::{child, cpu_secs, env_num, field, rss_mib};
 use marktwin_core::Config;
 use marktwin_core::codec;
 use marktwin_core::config::ProfilesConfig;
-use marktwin_core::events::{Envelope, EventKind, PosTransaction, Unit};
-use marktwin_core::topics::Encoding;
+use marktwin_core::events::{Envelope, PosTransaction};
 use marktwin_state::assortment::Assortments;
 use marktwin_state::consumer_profile::{ConsumerLine, ConsumerProfiles};
 use marktwin_state::consumer_state::{ConsumerParams, ConsumerState};
@@ -36,7 +35,6 @@ use marktwin_state::grading;
 use marktwin_state::recommend::CoBought;
 use marktwin_state::retailer_profile::{Line, RetailerProfiles, Source};
 use marktwin_state::retailer_state::{RetailerParams, RetailerState};
-use marktwin_tests::CjLine;
 
 /// Synthetic consumer lines: `n` consumers, 12 lines each over 6 baskets,
 /// 3 of 40 SKUs per consumer, in time order.
@@ -122,35 +120,6 @@ fn memory_role(ours: bool) {
         "FIGURES mib={mib:.1} bytes_per_consumer={:.0}",
         mib * 1024.0 * 1024.0 / n as f64
     );
-}
-
-/// Line `i` as the edge writes it to the `pos` and `consumer_pos` topics.
-fn pos_record(i: usize, l: &CjLine, t: &(String, String, String, String, i32)) -> Vec<u8> {
-    let ms = i64::from(t.4) * 86_400_000 + 43_200_000;
-    let env = Envelope {
-        event_id: format!("{i:032x}"),
-        kind: EventKind::PosTransaction,
-        source: "complete-journey".into(),
-        schema_version: 1,
-        event_time_ms: ms,
-        ingest_time_ms: ms,
-        key: t.0.clone(),
-        payload: PosTransaction {
-            store_code: t.0.clone(),
-            order_number: t.1.clone(),
-            line_no: (i % 1_000) as u32,
-            consumer_id: Some(t.3.clone()),
-            consumer_phone: None,
-            sku_code: t.2.clone(),
-            sku_name: String::new(),
-            unit_price: l.sales_value / l.quantity.max(1.0),
-            quantity: l.quantity,
-            unit: Unit::Pack,
-            total_amount: l.sales_value,
-            transaction_time_ms: ms,
-        },
-    };
-    codec::encode(&env, Encoding::Json).expect("encodable")
 }
 
 /// Lines per second per CPU second of `f` over `n` lines.
@@ -268,11 +237,15 @@ fn main() {
     // topics (JSON envelopes, encoded once outside the timings), against
     // decoding them alone.
     println!("\nWorker states on the same lines as JSON records; records/s per CPU second");
+    let mut line_no: HashMap<u64, u32> = HashMap::new();
     let records: Vec<Vec<u8>> = lines
         .iter()
-        .zip(&text)
         .enumerate()
-        .map(|(i, (l, t))| pos_record(i, l, t))
+        .map(|(i, l)| {
+            let n = line_no.entry(l.basket).or_default();
+            *n += 1;
+            l.pos_record(i, *n)
+        })
         .collect();
     let (decode, _) = rate(n, || {
         for r in &records {

@@ -379,6 +379,47 @@ impl CjLine {
             .unwrap_or_else(|e| panic!("timestamp `{}`: {e}", self.timestamp));
         (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date")).num_days() as i32
     }
+
+    /// The line as the edge writes it to the `pos` topic: a JSON envelope
+    /// with event id `event` (hex), line `line_no` of its basket, the
+    /// household as the consumer.
+    pub fn pos_record(&self, event: usize, line_no: u32) -> Vec<u8> {
+        use marktwin_core::events::{Envelope, EventKind, PosTransaction, Unit};
+        let t = chrono::NaiveDateTime::parse_from_str(&self.timestamp, "%Y-%m-%d %H:%M:%S")
+            .unwrap_or_else(|e| panic!("timestamp `{}`: {e}", self.timestamp))
+            .and_utc()
+            .timestamp_millis();
+        let store = self.store.to_string();
+        let env = Envelope {
+            event_id: format!("{event:032x}"),
+            kind: EventKind::PosTransaction,
+            source: "complete-journey".into(),
+            schema_version: 1,
+            event_time_ms: t,
+            ingest_time_ms: t,
+            key: store.clone(),
+            payload: PosTransaction {
+                store_code: store,
+                order_number: self.basket.to_string(),
+                line_no,
+                consumer_id: Some(self.household.to_string()),
+                consumer_phone: None,
+                sku_code: self.product.to_string(),
+                sku_name: String::new(),
+                unit_price: if self.quantity > 0.0 {
+                    self.sales_value / self.quantity
+                } else {
+                    self.sales_value
+                },
+                quantity: self.quantity,
+                unit: Unit::Pack,
+                total_amount: self.sales_value,
+                transaction_time_ms: t,
+            },
+        };
+        marktwin_core::codec::encode(&env, marktwin_core::topics::Encoding::Json)
+            .expect("an encodable envelope")
+    }
 }
 
 /// Complete Journey's transaction lines in file order, fetched from PyPI

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use marktwin::app::{self, Parts};
 use marktwin_core::codec;
-use marktwin_core::events::{Envelope, EventKind, PosTransaction, Retailer, Unit};
+use marktwin_core::events::{Envelope, EventKind, Retailer};
 use marktwin_core::topics::{Encoding, id};
 use marktwin_state::consumer_profile::ConsumerRow;
 use marktwin_state::consumer_state::{ConsumerParams, ConsumerState};
@@ -90,39 +90,7 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
     for (i, l) in lines.iter().enumerate() {
         let n = line_no.entry(l.basket).or_default();
         *n += 1;
-        let t = chrono::NaiveDateTime::parse_from_str(&l.timestamp, "%Y-%m-%d %H:%M:%S")
-            .unwrap()
-            .and_utc()
-            .timestamp_millis();
-        let store = l.store.to_string();
-        let env = Envelope {
-            event_id: format!("{i:032x}"),
-            kind: EventKind::PosTransaction,
-            source: "complete-journey".into(),
-            schema_version: 1,
-            event_time_ms: t,
-            ingest_time_ms: t,
-            key: store.clone(),
-            payload: PosTransaction {
-                store_code: store.clone(),
-                order_number: l.basket.to_string(),
-                line_no: *n,
-                consumer_id: Some(l.household.to_string()),
-                consumer_phone: None,
-                sku_code: l.product.to_string(),
-                sku_name: String::new(),
-                unit_price: if l.quantity > 0.0 {
-                    l.sales_value / l.quantity
-                } else {
-                    l.sales_value
-                },
-                quantity: l.quantity,
-                unit: Unit::Pack,
-                total_amount: l.sales_value,
-                transaction_time_ms: t,
-            },
-        };
-        let bytes = codec::encode(&env, Encoding::Json).unwrap();
+        let bytes = l.pos_record(i, *n);
         // Again keyed by the household, as the edge writes lines that name
         // a consumer.
         let q = (l.household % partitions as u32) as i32;
@@ -130,7 +98,7 @@ async fn a_replay_of_complete_journey_through_the_broker_gives_the_in_process_pr
         records.push((&consumer_topic, q, l.household.to_string(), bytes.clone()));
         let p = (l.store % partitions as u32) as i32;
         local[p as usize].apply(1, &bytes);
-        records.push((&pos_topic, p, store, bytes));
+        records.push((&pos_topic, p, l.store.to_string(), bytes));
     }
     drop(lines);
     for s in &mut local {

@@ -28,8 +28,10 @@ use crate::consumer_profile::{ConsumerLine, ConsumerProfiles, ConsumerRow};
 use crate::error::Result;
 use crate::recommend::{CoBought, Reason};
 use crate::record::{
-    Applied, Cols, RecentIds, Rejected, build, ck, decode, float64s, int64s, parse_id, strings,
+    Applied, Cols, RecentIds, Rejected, build, ck, decode, finite, float64s, int64s, parse_id,
+    strings,
 };
+use crate::window::local_day;
 
 /// Input topic ids, in the order [`ConsumerState::apply`] numbers them.
 pub const INPUTS: [&str; 1] = [id::CONSUMER_POS];
@@ -37,8 +39,6 @@ pub const INPUTS: [&str; 1] = [id::CONSUMER_POS];
 pub const PROFILES_TABLE: &str = "consumer_profiles";
 /// Its key.
 pub const PROFILES_KEY: &[&str] = &["consumer_id"];
-
-const MS_PER_DAY: i64 = 86_400_000;
 
 /// What the consumer state needs from the config.
 #[derive(Clone, Debug)]
@@ -136,21 +136,12 @@ impl ConsumerState {
                 detail: "`payload.consumer_id` is empty; consumer_pos carries lines that name a consumer".into(),
             });
         }
-        for (field, v) in [
-            ("payload.quantity", t.quantity),
-            ("payload.total_amount", t.total_amount),
-        ] {
-            if !v.is_finite() {
-                return Err(Rejected {
-                    reason: "range",
-                    detail: format!("`{field}` is {v}; expected a finite number"),
-                });
-            }
-        }
+        finite("payload.quantity", t.quantity)?;
+        finite("payload.total_amount", t.total_amount)?;
         if !self.recent.insert(id) {
             return Ok(Applied::DuplicateEvent);
         }
-        let day = (t.transaction_time_ms + self.params.offset_ms).div_euclid(MS_PER_DAY) as i32;
+        let day = local_day(t.transaction_time_ms, self.params.offset_ms);
         let (sku, basket) = self.profiles.add(&ConsumerLine {
             consumer,
             store: &t.store_code,
@@ -248,15 +239,6 @@ impl ConsumerState {
             .iter()
             .map(|r| self.suggest(&neighbours, &r.favourite_sku_ids))
             .collect();
-        Self::batch(&rows, &suggestions)
-    }
-
-    /// `rows` with their `suggestions` (SKU, reason) as a batch of
-    /// [`Self::schema`].
-    pub fn batch(
-        rows: &[ConsumerRow],
-        suggestions: &[Vec<(String, String)>],
-    ) -> Result<RecordBatch> {
         let nan = |v: f64| (!v.is_nan()).then_some(v);
         let u32s = |f: fn(&ConsumerRow) -> u32| -> ArrayRef {
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(f)))
@@ -264,29 +246,12 @@ impl ConsumerState {
         let opt = |f: fn(&ConsumerRow) -> f64| -> ArrayRef {
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| nan(f(r)))))
         };
-        let lists = |each: &mut dyn FnMut(&mut ListBuilder<StringBuilder>, usize)| {
-            let mut b = ListBuilder::new(StringBuilder::new());
-            for i in 0..rows.len() {
-                each(&mut b, i);
-                b.append(true);
-            }
-            Arc::new(b.finish()) as ArrayRef
-        };
-        let favourites = lists(&mut |b, i| {
-            for s in &rows[i].favourite_skus {
-                b.values().append_value(s);
-            }
-        });
-        let suggested = lists(&mut |b, i| {
-            for (s, _) in &suggestions[i] {
-                b.values().append_value(s);
-            }
-        });
-        let reasons = lists(&mut |b, i| {
-            for (_, why) in &suggestions[i] {
-                b.values().append_value(why);
-            }
-        });
+        let favourites = string_lists(
+            rows.iter()
+                .map(|r| r.favourite_skus.iter().map(String::as_str)),
+        );
+        let suggested = string_lists(suggestions.iter().map(|s| s.iter().map(|t| t.0.as_str())));
+        let reasons = string_lists(suggestions.iter().map(|s| s.iter().map(|t| t.1.as_str())));
         build(
             PROFILES_TABLE,
             &Self::schema(),
@@ -344,6 +309,18 @@ impl ConsumerState {
     }
 }
 
+/// One list of strings per item of `lists`.
+fn string_lists<'a, L: IntoIterator<Item = &'a str>>(lists: impl Iterator<Item = L>) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for list in lists {
+        for s in list {
+            b.values().append_value(s);
+        }
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
 /// A basket id from an order number: the number itself when it is one,
 /// else a stable 64-bit hash of it (the same in every build, as it sits in
 /// checkpoints).
@@ -356,6 +333,7 @@ fn basket_id(order: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::MS_PER_DAY;
     use marktwin_core::codec;
     use marktwin_core::events::{Envelope, Unit};
 

@@ -15,6 +15,7 @@ use marktwin_core::events::PosTransaction;
 use crate::error::{Error, Result};
 use crate::intern::Interner;
 use crate::record::Cols;
+use crate::window::local_day;
 
 /// Name of the table in SQL.
 pub const TABLE: &str = "pos_daily_sales";
@@ -24,8 +25,6 @@ pub const KEY: &[&str] = &["day", "store_code", "sku_code"];
 /// Rows per published batch: large enough to scan fast (single-row batches
 /// were measured ~9x slower), small enough to stream.
 const BATCH_ROWS: usize = 8192;
-
-const MS_PER_DAY: i64 = 86_400_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Key {
@@ -84,7 +83,7 @@ impl DailySales {
 
     /// Adds one POS line.
     pub fn apply(&mut self, t: &PosTransaction) {
-        let day = (t.transaction_time_ms + self.offset_ms).div_euclid(MS_PER_DAY) as i32;
+        let day = local_day(t.transaction_time_ms, self.offset_ms);
         let key = Key {
             day,
             store: self.stores.id(&t.store_code),
@@ -188,6 +187,7 @@ impl DailySales {
 mod tests {
     use super::*;
     use crate::SnapshotTable;
+    use crate::window::MS_PER_DAY;
     use datafusion::assert_batches_eq;
     use datafusion::prelude::SessionContext;
     use marktwin_core::events::Unit;

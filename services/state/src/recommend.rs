@@ -410,10 +410,8 @@ impl CoBought {
             }
             Model::Blend { history } => {
                 for &i in basket {
-                    let ni = f64::from(self.popularity(i));
-                    for (&j, &c) in self.together.get(i as usize).into_iter().flatten() {
-                        let nj = f64::from(self.popularity(j));
-                        add(j, f64::from(c) / (ni * nj).sqrt(), Reason::BoughtWith(i));
+                    for (j, s) in self.cosines(i) {
+                        add(j, s, Reason::BoughtWith(i));
                     }
                 }
                 if let Some(c) = customer {
@@ -424,6 +422,18 @@ impl CoBought {
             }
         }
         self.rank(scores, basket, exclude, k)
+    }
+
+    /// The partners of `item` with their cosine: times together over the
+    /// root of both popularities.
+    fn cosines(&self, item: u32) -> impl Iterator<Item = (u32, f64)> + '_ {
+        let ni = f64::from(self.popularity(item));
+        self.partners(item).map(move |(j, c)| {
+            (
+                j,
+                f64::from(c) / (ni * f64::from(self.popularity(j))).sqrt(),
+            )
+        })
     }
 
     /// Per item of `items`, its `k` partners with the highest cosine
@@ -439,14 +449,7 @@ impl CoBought {
             if out.contains_key(&i) {
                 continue;
             }
-            let ni = f64::from(self.popularity(i));
-            let cosine = self.partners(i).map(|(j, c)| {
-                (
-                    j,
-                    f64::from(c) / (ni * f64::from(self.popularity(j))).sqrt(),
-                )
-            });
-            out.insert(i, top_k(cosine, k));
+            out.insert(i, top_k(self.cosines(i), k));
         }
         out
     }

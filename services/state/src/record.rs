@@ -47,6 +47,18 @@ pub enum Applied {
     Late(Rejected),
 }
 
+/// `v` is a finite number, or why field `field` is refused.
+pub(crate) fn finite(field: &str, v: f64) -> Result<(), Rejected> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Rejected {
+            reason: "range",
+            detail: format!("`{field}` is {v}; expected a finite number"),
+        })
+    }
+}
+
 /// Recently seen event ids, bounded.
 #[derive(Debug, Clone)]
 pub struct RecentIds {

@@ -25,8 +25,11 @@ use marktwin_core::topics::id;
 
 use crate::error::Result;
 use crate::line_twin::days_since_epoch;
-use crate::record::{Applied, Cols, Rejected, build, ck, decode, float64s, int64s, strings};
+use crate::record::{
+    Applied, Cols, Rejected, build, ck, decode, finite, float64s, int64s, strings,
+};
 use crate::retailer_profile::{Added, Line, Profile, RetailerProfiles, Source};
+use crate::window::local_day;
 
 /// Input topic ids, in the order [`RetailerState::apply`] numbers them.
 pub const INPUTS: [&str; 3] = [id::ALLOCATION_ORDERS, id::POS, id::RETAILERS];
@@ -37,8 +40,6 @@ pub const MIX_TABLE: &str = "retailer_mix";
 /// The cycles each retailer was active in (ordered, by the grading
 /// source); cohort retention is a query over it (`docs/profiles.md`).
 pub const ACTIVITY_TABLE: &str = "retailer_activity";
-
-const MS_PER_DAY: i64 = 86_400_000;
 
 /// What the retailer state needs from the config.
 #[derive(Clone, Debug)]
@@ -66,17 +67,6 @@ pub struct RetailerState {
     profiles: RetailerProfiles,
     regions: BTreeMap<String, String>,
     applied: u64,
-}
-
-fn range(field: &str, v: f64) -> Result<(), Rejected> {
-    if v.is_finite() {
-        Ok(())
-    } else {
-        Err(Rejected {
-            reason: "range",
-            detail: format!("`{field}` is {v}; expected a finite number"),
-        })
-    }
 }
 
 impl RetailerState {
@@ -139,8 +129,8 @@ impl RetailerState {
 
     fn order(&mut self, value: &[u8]) -> Result<Applied, Rejected> {
         let o: AllocationOrder = decode(value, EventKind::AllocationOrder)?.payload;
-        range("payload.quantity", o.quantity)?;
-        range("payload.unit_price", o.unit_price)?;
+        finite("payload.quantity", o.quantity)?;
+        finite("payload.unit_price", o.unit_price)?;
         let day = days_since_epoch(o.order_date);
         let quantity = self.params.units.to_report(o.quantity, o.unit);
         Ok(self.line(&Line {
@@ -157,9 +147,9 @@ impl RetailerState {
 
     fn pos(&mut self, value: &[u8]) -> Result<Applied, Rejected> {
         let t: PosTransaction = decode(value, EventKind::PosTransaction)?.payload;
-        range("payload.quantity", t.quantity)?;
-        range("payload.total_amount", t.total_amount)?;
-        let day = (t.transaction_time_ms + self.params.offset_ms).div_euclid(MS_PER_DAY) as i32;
+        finite("payload.quantity", t.quantity)?;
+        finite("payload.total_amount", t.total_amount)?;
+        let day = local_day(t.transaction_time_ms, self.params.offset_ms);
         let quantity = self.params.units.to_report(t.quantity, t.unit);
         Ok(self.line(&Line {
             retailer: &t.store_code,

@@ -55,6 +55,12 @@ impl fmt::Display for WindowKind {
 /// Milliseconds in a day.
 pub const MS_PER_DAY: i64 = 86_400_000;
 
+/// The local day number (days since 1970-01-01) of instant `t_ms` on a
+/// calendar `offset_ms` ahead of UTC.
+pub fn local_day(t_ms: i64, offset_ms: i64) -> i32 {
+    (t_ms + offset_ms).div_euclid(MS_PER_DAY) as i32
+}
+
 /// The plant's calendar: its offset from UTC and its shift starts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Calendar {
@@ -85,7 +91,7 @@ impl Calendar {
     /// The local day number (days since 1970-01-01 on the local calendar)
     /// of instant `t_ms`.
     pub fn day(&self, t_ms: i64) -> i32 {
-        (t_ms + self.offset_ms).div_euclid(MS_PER_DAY) as i32
+        local_day(t_ms, self.offset_ms)
     }
 
     /// The UTC instant at which local day `day` starts.

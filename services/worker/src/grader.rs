@@ -152,17 +152,16 @@ impl Grader {
     ) -> Result<bool> {
         let started = Instant::now();
         let def = [Self::table()];
-        if published.is_none() {
-            let on_topic = self.grades.snapshot();
-            let mut sent = Sent::default();
-            sent.seed(&def, std::slice::from_ref(&on_topic))?;
-            *published = Some(Published {
-                grades: Grades::from_batches(&on_topic)?,
-                sent,
-            });
-        }
-        let Some(p) = published.as_mut() else {
-            unreachable!("set above")
+        let p = match published {
+            Some(p) => p,
+            None => {
+                // What is on the topic, as the view read it.
+                let on_topic = self.grades.snapshot();
+                let mut sent = Sent::default();
+                sent.seed(&def, std::slice::from_ref(&on_topic))?;
+                let grades = Grades::from_batches(&on_topic)?;
+                published.insert(Published { grades, sent })
+            }
         };
         let profiles = RetailerState::profiles_of(input, Source::graded(&self.cfg))?;
         let now = now_ms();
